@@ -1,0 +1,128 @@
+"""The typed settings of the algorithm core.
+
+One flat dataclass: each field is a hyperparameter of one or more registered functions, under
+the same name as the function's keyword argument. The loop passes a function exactly the fields
+its signature names (:func:`hyperparameters_for`), and :func:`validate_algorithm_config` checks at
+load time that the chosen names exist and that each function's hyperparameters are fields here, so
+no setting is silently ignored and no function silently falls back to a default.
+
+Surrogate, aggregation, estimator, KL placement and filters are independent choices; a preset
+(:mod:`rlvr.algorithms.presets`) fixes a combination.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rlvr.errors import ConfigError
+
+Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    # --- advantage estimator -------------------------------------------------------------
+    advantage: str = "grpo"
+    """Advantage estimator: grpo | dr_grpo | rloo | reinforce_pp | gae | vapo | kimi."""
+    std_eps: float = 1e-6
+    """grpo: epsilon added to the group standard deviation, (r - mean) / (std + std_eps)."""
+    std_unbiased: bool = True
+    """grpo: Bessel-corrected (n - 1) group standard deviation; False uses the biased (n) one."""
+    whiten_advantages: bool = False
+    """Whiten the advantages over all response tokens of the global batch (masked)."""
+    gamma: float = 1.0
+    """Discount per token (reinforce_pp, gae, vapo)."""
+    lam: float = 1.0
+    """GAE lambda (gae). Open-Reasoner-Zero uses gamma = lam = 1."""
+    lam_critic: float = 1.0
+    """vapo: lambda of the critic's value targets (VAPO sec. 3.2: 1.0, unbiased)."""
+    lam_alpha: float = 0.05
+    """vapo: length-adaptive lambda_policy = 1 - 1 / (lam_alpha * length) (VAPO eq. 8)."""
+
+    # --- policy loss ---------------------------------------------------------------------
+    policy_loss: str = "ppo_clip"
+    """Surrogate: ppo_clip | gspo | cispo | kimi | clip_cov | kl_cov."""
+    aggregation: Aggregation = "seq-mean-token-mean"
+    """How per-token losses become one number (see docs/algorithms.md, 'Aggregation')."""
+    loss_norm_length: int | None = None
+    """seq-mean-token-sum-norm: the constant length each sequence's token sum is divided by
+    (Dr. GRPO: the generation budget). None uses the rollout's max_new_tokens."""
+    eps_low: float = 0.2
+    """Lower clip range: the ratio is clipped at 1 - eps_low."""
+    eps_high: float = 0.2
+    """Upper clip range: the ratio is clipped at 1 + eps_high (DAPO clip-higher: 0.28)."""
+    clip_ratio_c: float | None = None
+    """Dual-clip bound for negative advantages (Ye et al. 2020; e.g. 3.0). None disables it."""
+    kimi_tau: float = 0.1
+    """kimi: the tau of Kimi k1.5's mirror-descent objective (regularisation toward the old policy)."""
+    clip_cov_ratio: float = 2e-4
+    """clip_cov: fraction of tokens whose gradient is detached."""
+    clip_cov_lb: float = 1.0
+    """clip_cov: lower bound of the covariance window candidates are drawn from."""
+    clip_cov_ub: float = 5.0
+    """clip_cov: upper bound of the covariance window candidates are drawn from."""
+    kl_cov_ratio: float = 2e-3
+    """kl_cov: fraction of tokens (largest covariance) that get the KL penalty."""
+    kl_cov_coef: float = 1.0
+    """kl_cov: coefficient of that penalty."""
+
+    # --- KL to the reference model -------------------------------------------------------
+    kl_coef: float = 0.0
+    """beta. 0 disables the KL term and loads no reference model."""
+    kl_estimator: str = "k3"
+    """k1 | k2 | k3 | abs (Schulman's estimators of KL(pi || pi_ref))."""
+    kl_placement: Literal["loss", "reward"] = "loss"
+    """'loss': beta * KL added to the loss; 'reward': -beta * KL folded into the token rewards."""
+    kl_clamp: float | None = 10.0
+    """Clamp of the per-token KL value to [-kl_clamp, kl_clamp]; None disables it."""
+
+    # --- other loss terms ----------------------------------------------------------------
+    entropy_coef: float = 0.0
+    """Entropy bonus: loss -= entropy_coef * aggregated token entropy."""
+    lm_coef: float = 0.0
+    """Positive-example LM loss weight (VAPO sec. 3.3: mu = 0.1): NLL on correct completions."""
+    value_loss: Literal["clipped", "mse"] = "clipped"
+    """Critic loss: PPO's clipped value loss or plain MSE."""
+    value_clip: float = 0.2
+    """Clipped value loss: values move at most value_clip from the old values."""
+
+    # --- group filters -------------------------------------------------------------------
+    filters: tuple[str, ...] = ()
+    """Group filters applied in order: dynamic_sampling | cppo | raft_pp | reject."""
+    cppo_pruning_rate: float = 0.5
+    """cppo: fraction P of each group pruned; the k = max(1, floor(G * (1 - P))) with the
+    largest |advantage| are kept (CPPO)."""
+
+    # --- prompt sampler ------------------------------------------------------------------
+    sampler: Literal["uniform", "curriculum", "prioritized"] = "uniform"
+    """How prompts are drawn (Kimi k1.5 sec. 2.3.4: curriculum and prioritized sampling)."""
+
+
+ALGORITHM_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(AlgorithmConfig))
+
+
+def hyperparameters_for(fn: Any, config: AlgorithmConfig, tensor_args: tuple[str, ...]) -> dict[str, Any]:
+    """The config values for the keyword hyperparameters of ``fn`` (its non-tensor arguments)."""
+    from rlvr.registry import hyperparameters
+
+    out = {}
+    for name in hyperparameters(fn, tensor_args):
+        if name not in ALGORITHM_FIELDS:
+            raise ConfigError(
+                f"{getattr(fn, '__name__', fn)} takes hyperparameter '{name}' which is not a field of "
+                "AlgorithmConfig; add it there so a config can set it"
+            )
+        out[name] = getattr(config, name)
+    return out
+
+
+def replace_fields(config: AlgorithmConfig, **changes: Any) -> AlgorithmConfig:
+    """A copy of ``config`` with ``changes``; an unknown field names the nearest valid one."""
+    from rlvr.registry import nearest_name_hint
+
+    for key in changes:
+        if key not in ALGORITHM_FIELDS:
+            raise ConfigError(f"unknown algorithm setting '{key}'{nearest_name_hint(key, ALGORITHM_FIELDS)}")
+    return dataclasses.replace(config, **changes)
