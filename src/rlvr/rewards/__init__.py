@@ -1,0 +1,1 @@
+"""Verifiable rewards: answer graders, format rewards, length shaping, and their composition."""

@@ -1,0 +1,1 @@
+"""Tasks: a dataset of problems, a prompt template, and the rewards that score it."""
