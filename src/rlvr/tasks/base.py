@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlvr.registry import Registry
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -21,3 +23,33 @@ class Problem:
     question: str
     answer: Any
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """One component of a task's reward: a registered reward ``name``, its weight and parameters."""
+
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Task:
+    """A dataset of problems, the prompt template that presents them, and the rewards that score them.
+
+    ``train`` feeds RL; ``test`` is the held-out split evaluation reports on. ``template`` names a
+    prompt template (:mod:`rlvr.tasks.templates`); ``stop_strings`` end generation early (for
+    example ``"</answer>"``).
+    """
+
+    name: str
+    train: list[Problem]
+    test: list[Problem]
+    template: str
+    rewards: tuple[RewardSpec, ...]
+    stop_strings: tuple[str, ...] = ()
+
+
+# name -> factory(**params) -> Task. Registered by each task module.
+TASKS = Registry("task")
