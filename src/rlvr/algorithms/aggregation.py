@@ -48,7 +48,9 @@ def count_sequences(mask: torch.Tensor) -> torch.Tensor:
     return (mask.to(torch.float64).sum(-1) > 0).to(torch.float64).sum()
 
 
-def _denominator(value: float | torch.Tensor | None, fallback: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _denominator(
+    value: float | torch.Tensor | None, fallback: torch.Tensor, like: torch.Tensor
+) -> torch.Tensor:
     d = fallback if value is None else torch.as_tensor(value, dtype=torch.float64)
     # An empty batch contributes zero loss rather than NaN.
     return d.clamp(min=1.0).to(device=like.device, dtype=like.dtype)

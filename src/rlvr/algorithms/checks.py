@@ -70,7 +70,9 @@ def check_group_ids(group_ids: object, batch_size: int) -> torch.Tensor:
     return group_ids
 
 
-def group_ids_from_size(batch_size: int, group_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+def group_ids_from_size(
+    batch_size: int, group_size: int, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Group ids for a batch laid out as consecutive groups: [0]*g + [1]*g + ...
 
     >>> group_ids_from_size(6, 3).tolist()
