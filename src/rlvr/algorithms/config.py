@@ -94,10 +94,20 @@ class AlgorithmConfig:
     cppo_pruning_rate: float = 0.5
     """cppo: fraction P of each group pruned; the k = max(1, floor(G * (1 - P))) with the
     largest |advantage| are kept (CPPO)."""
+    dynamic_sampling_criterion: Literal["reward", "correct"] = "reward"
+    """dynamic_sampling: drop a group when its rewards are all equal ('reward'), or when its
+    completions are all correct or all wrong ('correct', DAPO eq. 11)."""
 
     # --- prompt sampler ------------------------------------------------------------------
     sampler: Literal["uniform", "curriculum", "prioritized"] = "uniform"
     """How prompts are drawn (Kimi k1.5 sec. 2.3.4: curriculum and prioritized sampling)."""
+    sampler_momentum: float | None = None
+    """Running success rate of a prompt: None keeps the mean of all its observed success rates;
+    a float m in [0, 1) keeps an exponential moving average s = m * s + (1 - m) * observed."""
+    curriculum_start: float = 0.25
+    """curriculum: fraction of the prompts (easiest first) available at step 0."""
+    curriculum_steps: int = 1000
+    """curriculum: steps over which the available fraction grows linearly to 1."""
 
 
 ALGORITHM_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(AlgorithmConfig))

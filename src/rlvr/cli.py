@@ -1,0 +1,134 @@
+"""The ``rlvr`` command line: thin — parse, build, call.
+
+    rlvr train CONFIG [key=value ...] [--resume]
+    rlvr config show [CONFIG] [key=value ...]
+    rlvr presets
+    rlvr toy build [--output DIR] [--seed N]
+    rlvr plot RUN_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from rlvr.errors import RLVRError
+
+
+def _split_config_and_overrides(items: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``CONFIG key=value ...``: the config file is the first item without an ``=``, if any."""
+    if items and "=" not in items[0]:
+        return items[0], list(items[1:])
+    return None, list(items)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rlvr.config import load_config
+
+    path, overrides = _split_config_and_overrides(args.items)
+    config = load_config(path, overrides)  # every key checked before any model loads
+    from rlvr.training.trainer import train
+
+    result = train(config, resume=args.resume)
+    before = result.eval_before.get("eval/accuracy")
+    after = result.eval_after.get("eval/accuracy")
+    if result.interrupted:
+        print(f"stopped at step {result.steps}; continue with: rlvr train {' '.join(args.items)} --resume")
+        return 130
+    if args.plot:
+        from rlvr.plot import plot_run
+
+        for png in plot_run(result.output_dir):
+            print(f"plot: {png}")
+    if before is not None and after is not None:
+        print(f"held-out accuracy: {before:.1%} before -> {after:.1%} after {result.steps} steps")
+    print(f"run directory: {result.output_dir} (final model in {result.output_dir / 'final'})")
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from rlvr.config import format_config, load_config
+
+    path, overrides = _split_config_and_overrides(args.items)
+    print(format_config(load_config(path, overrides)))
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from rlvr.algorithms.validation import describe_presets
+
+    print(describe_presets())
+    return 0
+
+
+def _toy_build(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from rlvr.toy.build import SHIPPED_DIR, ToyBuildConfig, build_toy
+
+    cfg = dataclasses.replace(ToyBuildConfig(), seed=args.seed)
+    build_toy(args.output or SHIPPED_DIR, cfg)
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from rlvr.plot import plot_run
+
+    for png in plot_run(args.run_dir):
+        print(png)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rlvr.config import format_config
+
+    parser = argparse.ArgumentParser(prog="rlvr", description="Reinforcement learning with verifiable rewards.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser(
+        "train",
+        help="train a policy with RL",
+        description="Train with RL. CONFIG is a YAML file; key=value items override it "
+        "(for example algorithm.eps_high=0.28). Settings, with defaults and meanings:",
+        epilog=format_config(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("items", nargs="*", metavar="CONFIG | key=value")
+    train.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    train.add_argument("--no-plot", dest="plot", action="store_false", help="do not write plots at the end")
+    train.set_defaults(func=_train)
+
+    config = sub.add_parser("config", help="inspect configs")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print every setting of a config with its meaning")
+    show.add_argument("items", nargs="*", metavar="CONFIG | key=value")
+    show.set_defaults(func=_config_show)
+
+    presets = sub.add_parser("presets", help="list the named recipes")
+    presets.set_defaults(func=_presets)
+
+    toy = sub.add_parser("toy", help="the embedded tiny model")
+    toy_sub = toy.add_subparsers(dest="toy_command", required=True)
+    build = toy_sub.add_parser("build", help="build and warm-start the tiny model from nothing")
+    build.add_argument("--output", default=None, help="directory (default: the shipped model's)")
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(func=_toy_build)
+
+    plot = sub.add_parser("plot", help="PNG curves of a run's metrics")
+    plot.add_argument("run_dir")
+    plot.set_defaults(func=_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RLVRError as e:
+        print(f"rlvr: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

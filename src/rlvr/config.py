@@ -1,0 +1,396 @@
+"""The run configuration: typed dataclasses, YAML files, dotted overrides and presets.
+
+Layers, later ones winning: the dataclass defaults, the preset (``preset: dapo``), the YAML file,
+then ``key=value`` overrides from the command line (``algorithm.eps_high=0.28``). Every key is
+checked against the dataclasses before anything loads: an unknown key names the nearest valid one,
+a value of the wrong type names the key and the expected type.
+
+Batch sizes carry their unit: ``rollout.prompts_per_step`` prompts are drawn per step, each is
+sampled ``rollout.samples_per_prompt`` times, the resulting completions are split into
+``training.updates_per_step`` optimizer steps per epoch, and each forward/backward pass holds at
+most ``training.micro_batch_tokens`` tokens (prompt + completion, padding included).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rlvr.algorithms.config import AlgorithmConfig
+from rlvr.errors import ConfigError
+from rlvr.registry import nearest_name_hint
+
+
+@dataclass
+class ModelConfig:
+    path: str = "toy"
+    """A Hugging Face model directory or hub name; 'toy' is the tiny model shipped with rlvr."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Parameter dtype: auto is bfloat16 on a GPU that supports it, float32 on CPU."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, about 30% more compute)."""
+    lora_rank: int = 0
+    """LoRA rank (through peft); 0 trains all weights."""
+    lora_alpha: float = 32.0
+    """LoRA scaling alpha."""
+    lora_dropout: float = 0.0
+    """LoRA dropout."""
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj")
+    """Module names LoRA adapts."""
+    trust_remote_code: bool = False
+    """Allow model code from the model's repository (needed by some architectures)."""
+
+
+@dataclass
+class RewardConfig:
+    name: str = "math"
+    """A registered reward or a 'module:function' path."""
+    weight: float = 1.0
+    """Weight of this component in the total reward."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Keyword parameters of the reward function."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"
+    """A registered task: arithmetic | countdown | math | gsm8k | knights_knaves | code."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Keyword parameters of the task (data files, field names, levels, sizes; see docs/tasks.md)."""
+    template: str | None = None
+    """Prompt template override (r1_zero | r1_chat | qwen_boxed | chat | plain); None keeps the task's."""
+    rewards: list[RewardConfig] | None = None
+    """Reward components override; None keeps the task's."""
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 16
+    """Prompts drawn per training step (before dynamic-sampling refills)."""
+    samples_per_prompt: int = 8
+    """Completions sampled per prompt: the group size of GRPO-style estimators."""
+    max_new_tokens: int = 64
+    """Generation budget per completion, in tokens."""
+    max_prompt_tokens: int = 1024
+    """Longest prompt accepted, in tokens; a longer one is an error naming the problem."""
+    temperature: float = 1.0
+    """Sampling temperature; logprobs are those of softmax(logits / temperature)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 disables)."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0 disables)."""
+    max_batch_sequences: int = 512
+    """Most sequences decoded at once by the built-in engine."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear warmup from 0."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """Learning-rate schedule after warmup."""
+    min_lr_ratio: float = 0.0
+    """cosine: final learning rate as a fraction of lr."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+
+
+@dataclass
+class TrainingConfig:
+    steps: int = 100
+    """Training steps (one step = one batch of rollouts and its updates)."""
+    ppo_epochs: int = 1
+    """Passes over each step's rollouts."""
+    updates_per_step: int = 1
+    """Optimizer steps per epoch: the step's completions are split into this many mini-batches."""
+    micro_batch_tokens: int = 16384
+    """Most tokens (padded, prompt + completion) in one forward/backward pass."""
+    max_sampling_rounds: int = 4
+    """Dynamic sampling: most generation rounds per step to fill the batch with kept groups."""
+    seed: int = 0
+    """Seed of every random choice (sampling, prompt order, initialisation of new weights)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when available."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0
+    """Evaluate on the task's held-out split every N steps (0: only before and after training)."""
+    num_problems: int | None = 200
+    """Held-out problems evaluated (None: all)."""
+    samples_per_problem: int = 1
+    """Completions per problem; 1 with temperature 0 is greedy accuracy."""
+    temperature: float = 0.0
+    """0 decodes greedily."""
+    max_new_tokens: int | None = None
+    """None uses rollout.max_new_tokens."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 50
+    """Save every N steps (0: only at the end and on Ctrl-C)."""
+    keep_last: int = 2
+    """Checkpoints kept; older ones are deleted."""
+
+
+@dataclass
+class LoggingConfig:
+    output_dir: str = "runs/latest"
+    """Run directory: metrics.jsonl, TensorBoard events, samples, checkpoints, plots."""
+    log_every: int = 1
+    """Print a console line every N steps."""
+    sample_every: int = 10
+    """Write sample completions every N steps (0 disables)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+    wandb_project: str | None = None
+    """Also log to Weights & Biases under this project (needs the wandb package)."""
+
+
+@dataclass
+class Config:
+    preset: str | None = None
+    """A named recipe (rlvr presets) applied before the file's own settings."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# --- key checking --------------------------------------------------------------------------
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass a field type refers to (through Optional / list), if any."""
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return tp
+    for arg in getattr(tp, "__args__", ()) or ():
+        found = _dataclass_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _resolved_fields(cls: type) -> dict[str, Any]:
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def check_keys(data: Any, cls: type = Config, prefix: str = "", origin: str = "") -> None:
+    """Raise ConfigError for the first key of ``data`` that is not a field of ``cls`` (recursively)."""
+    if not isinstance(data, dict):
+        return
+    fields = _resolved_fields(cls)
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            valid = [f"{prefix}{name}" for name in fields]
+            where = f" ({origin})" if origin else ""
+            raise ConfigError(f"unknown setting '{full}'{where}{nearest_name_hint(full, valid)}")
+        sub = _dataclass_of(fields[key])
+        if sub is None:
+            continue
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                check_keys(item, sub, f"{full}[{i}].", origin)
+        else:
+            check_keys(value, sub, f"{full}.", origin)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def _parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' must look like key=value (for example algorithm.eps_high=0.28)")
+    return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=True)  # type: ignore[return-value]
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _preset_layer(name: str) -> dict[str, Any]:
+    from rlvr.algorithms.presets import get_preset
+
+    preset = get_preset(name)
+    defaults = AlgorithmConfig()
+    layer: dict[str, Any] = {"algorithm": {}}
+    for f in dataclasses.fields(AlgorithmConfig):
+        value = getattr(preset.algorithm, f.name)
+        if value != getattr(defaults, f.name):
+            layer["algorithm"][f.name] = list(value) if isinstance(value, tuple) else value
+    for dotted, value in preset.settings.items():
+        node = layer
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return layer
+
+
+def _merge(layers: list[tuple[str, dict[str, Any]]]) -> Config:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    merged = OmegaConf.structured(Config)
+    for origin, layer in layers:
+        check_keys(layer, Config, "", origin)
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or "?"
+            msg = str(e).splitlines()[0]
+            raise ConfigError(f"setting '{key}' ({origin}): {msg}") from None
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The validated run config from defaults, the preset, the YAML file and the overrides."""
+    file_layer = _read_yaml(path) if path is not None else {}
+    cli_layer = _parse_overrides(list(overrides))
+    preset = cli_layer.get("preset", file_layer.get("preset"))
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if preset:
+        if not isinstance(preset, str):
+            raise ConfigError(f"setting 'preset' must be a preset name, got {preset!r}")
+        layers.append((f"preset {preset}", _preset_layer(preset)))
+    if file_layer:
+        layers.append((str(path), file_layer))
+    if cli_layer:
+        layers.append(("command line", cli_layer))
+    config = _merge(layers)
+    validate_config(config)
+    return config
+
+
+def _positive(value: float | int, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"setting '{key}' must be positive, got {value}")
+
+
+def validate_config(config: Config) -> None:
+    """Checks that need more than one field or a registry; raises ConfigError naming the key."""
+    from rlvr.algorithms.validation import validate_algorithm_config
+
+    r, t, o = config.rollout, config.training, config.optim
+    for key, value in (
+        ("rollout.prompts_per_step", r.prompts_per_step),
+        ("rollout.samples_per_prompt", r.samples_per_prompt),
+        ("rollout.max_new_tokens", r.max_new_tokens),
+        ("rollout.max_prompt_tokens", r.max_prompt_tokens),
+        ("rollout.max_batch_sequences", r.max_batch_sequences),
+        ("training.steps", t.steps),
+        ("training.ppo_epochs", t.ppo_epochs),
+        ("training.updates_per_step", t.updates_per_step),
+        ("training.micro_batch_tokens", t.micro_batch_tokens),
+        ("training.max_sampling_rounds", t.max_sampling_rounds),
+        ("optim.lr", o.lr),
+    ):
+        _positive(value, key)
+    if r.temperature < 0:
+        raise ConfigError(f"setting 'rollout.temperature' must be >= 0, got {r.temperature}")
+    if not 0 < r.top_p <= 1:
+        raise ConfigError(f"setting 'rollout.top_p' must be in (0, 1], got {r.top_p}")
+    completions = r.prompts_per_step * r.samples_per_prompt
+    if completions % t.updates_per_step:
+        raise ConfigError(
+            f"setting 'training.updates_per_step' ({t.updates_per_step}) must divide the "
+            f"{completions} completions of a step (rollout.prompts_per_step x rollout.samples_per_prompt)"
+        )
+    if config.task.template is not None:
+        from rlvr.tasks.templates import TEMPLATES
+
+        try:
+            TEMPLATES.get(config.task.template)
+        except Exception as e:
+            raise ConfigError(f"setting 'task.template': {e}") from None
+    validate_algorithm_config(config.algorithm)
+
+
+# --- help ----------------------------------------------------------------------------------
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (read from its source)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:] + [None], strict=True):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe(config: Any = None, cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(key, value, meaning) for every setting; values from ``config`` or the defaults."""
+    obj = config if config is not None else cls()
+    docs = field_docs(cls)
+    rows: list[tuple[str, Any, str]] = []
+    for name, tp in _resolved_fields(cls).items():
+        value = getattr(obj, name)
+        sub = _dataclass_of(tp)
+        if sub is not None and dataclasses.is_dataclass(value):
+            rows.extend(describe(value, sub, f"{prefix}{name}."))
+        else:
+            rows.append((f"{prefix}{name}", value, docs.get(name, "")))
+    return rows
+
+
+def format_config(config: Config | None = None) -> str:
+    """Every setting as ``key: value  # meaning`` lines, grouped by section."""
+    lines: list[str] = []
+    section = None
+    for key, value, doc in describe(config):
+        head = key.split(".")[0] if "." in key else ""
+        if head != section:
+            section = head
+            if head:
+                lines.append(f"\n[{head}]")
+        shown = list(value) if isinstance(value, tuple) else value
+        lines.append(f"{key} = {shown!r}" + (f"    # {doc}" if doc else ""))
+    return "\n".join(lines).lstrip("\n")
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """A plain nested dict (for saving beside a run and for logging)."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,51 @@
+"""What every rollout engine takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample.
+
+    ``temperature`` 0 decodes greedily. Logprobs are always those of ``softmax(logits /
+    temperature)`` (``softmax(logits)`` when greedy): the distribution the token was drawn from
+    before top-p/top-k truncation. The trainer recomputes logprobs with the same convention
+    (:func:`rlvr.algorithms.entropy.token_logprobs` with the same temperature), so the importance
+    ratio is exactly 1 before the first update; truncation by top-p/top-k is not part of either.
+    """
+
+    n: int = 1
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_strings: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class Completion:
+    """One sampled completion of prompt ``prompt_index``.
+
+    ``token_ids`` include the end-of-sequence token when generation stopped on it, and
+    ``logprobs`` has one entry per token. ``finish_reason`` is ``stop`` (end-of-sequence token or
+    a stop string) or ``length`` (the budget ran out).
+    """
+
+    prompt_index: int
+    prompt_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: FinishReason
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        """``sampling.n`` completions for each tokenized prompt, grouped by prompt in order."""
+        ...

@@ -1,0 +1,130 @@
+"""Loading the policy, its tokenizer and the reference model."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlvr.config import ModelConfig
+from rlvr.errors import ConfigError
+
+
+def resolve_model_path(path: str) -> str:
+    """``toy`` is the tiny model shipped with rlvr; anything else is passed to ``from_pretrained``."""
+    if path == "toy":
+        from rlvr.toy.build import SHIPPED_DIR
+
+        if not (SHIPPED_DIR / "config.json").is_file():
+            raise ConfigError(f"the shipped toy model is missing from {SHIPPED_DIR}; rebuild it with `rlvr toy build`")
+        return str(SHIPPED_DIR)
+    return path
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("setting 'training.device' is 'cuda' but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(cfg.path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise ConfigError(f"setting 'model.path': cannot load a tokenizer from '{cfg.path}' ({e})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(cfg: ModelConfig, device: torch.device) -> Any:
+    """The trainable policy: full weights, or a LoRA adapter on frozen weights when lora_rank > 0."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(cfg.path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=resolve_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code
+        )
+    except OSError as e:
+        raise ConfigError(f"setting 'model.path': cannot load a model from '{cfg.path}' ({e})") from None
+    model.to(device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora_rank > 0:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise ConfigError("setting 'model.lora_rank' > 0 needs peft: pip install 'rlvr[lora]'") from None
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_target_modules),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    return model
+
+
+class ReferenceModel:
+    """The frozen reference policy for the KL term.
+
+    A full copy of the initial weights, or, for a LoRA policy, the policy itself with its adapter
+    disabled (no second copy of the base weights).
+    """
+
+    def __init__(self, policy: Any) -> None:
+        self._lora = hasattr(policy, "disable_adapter")
+        if self._lora:
+            self._model = policy
+        else:
+            self._model = copy.deepcopy(policy)
+            self._model.requires_grad_(False)
+            self._model.eval()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Any]:
+        """The reference model, ready for a no-grad forward."""
+        if self._lora:
+            was_training = self._model.training
+            self._model.eval()
+            with self._model.disable_adapter(), torch.no_grad():
+                yield self._model
+            self._model.train(was_training)
+        else:
+            with torch.no_grad():
+                yield self._model
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(all parameters, trainable parameters)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def save_model_dir(model: Any, tokenizer: Any, output: str | Path) -> None:
+    """A Hugging Face model directory of the policy (safetensors)."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output, safe_serialization=True)
+    tokenizer.save_pretrained(output)

@@ -1,0 +1,170 @@
+"""One step's rollouts: draw prompts, generate n completions each, score them, filter groups.
+
+Dynamic sampling (DAPO, arXiv 2503.14476 sec. 3.2): when group filters that look only at rewards
+drop groups, more prompts are drawn and generated until ``prompts_per_step`` groups are kept or
+``max_sampling_rounds`` rounds have run; the kept groups beyond the target are dropped so each step
+trains on the same number of groups. Every round's counts are reported (``filter/prompts_drawn``,
+``filter/rounds``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rlvr.algorithms.filters import apply_filters, filter_stages
+from rlvr.distributed import all_reduce_sum
+from rlvr.rewards.base import RewardBatch
+from rlvr.rollout.types import Completion, SamplingParams
+from rlvr.tasks.base import Problem
+
+
+@dataclass
+class ScoredGroup:
+    prompt_index: int
+    completions: list[Completion]
+    rewards: list[float]
+    correct: list[bool]
+    outcomes: list[str]
+
+
+@dataclass
+class StepRollouts:
+    groups: list[ScoredGroup]
+    metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class RolloutCollector:
+    """Draws prompts with the sampler, generates with the engine, scores with the reward."""
+
+    def __init__(
+        self,
+        *,
+        engine: Any,
+        problems: list[Problem],
+        prompt_ids: list[list[int]],
+        sampler: Any,
+        reward: Any,
+        sampling: SamplingParams,
+        prompts_per_step: int,
+        max_rounds: int,
+        algorithm: Any,
+    ) -> None:
+        self.engine, self.problems, self.prompt_ids = engine, problems, prompt_ids
+        self.sampler, self.reward, self.sampling = sampler, reward, sampling
+        self.prompts_per_step, self.max_rounds, self.algorithm = prompts_per_step, max_rounds, algorithm
+        self.reward_filters, _ = filter_stages(algorithm.filters)
+
+    def collect(self, step: int) -> StepRollouts:
+        n = self.sampling.n
+        kept: list[ScoredGroup] = []
+        metrics: dict[str, float] = {}
+        timings = {"time/generate": 0.0, "time/reward": 0.0}
+        drawn = rounds = 0
+        all_rewards: list[float] = []
+        while len(kept) < self.prompts_per_step and rounds < self.max_rounds:
+            rounds += 1
+            indices = self.sampler.sample(self.prompts_per_step, step)
+            drawn += len(indices)
+            t0 = time.perf_counter()
+            sampling = SamplingParams(**{**self.sampling.__dict__, "seed": self.sampling.seed + 7919 * step + rounds})
+            completions = self.engine.generate([self.prompt_ids[i] for i in indices], sampling)
+            t1 = time.perf_counter()
+            problems = [self.problems[i] for i in indices for _ in range(n)]
+            result = self.reward(
+                RewardBatch(
+                    completions=[c.text for c in completions],
+                    problems=problems,
+                    response_lengths=[len(c.token_ids) for c in completions],
+                    group_ids=[g for g in range(len(indices)) for _ in range(n)],
+                    truncated=[c.finish_reason == "length" for c in completions],
+                    max_response_length=self.sampling.max_new_tokens,
+                )
+            )
+            timings["time/generate"] += t1 - t0
+            timings["time/reward"] += time.perf_counter() - t1
+            correct = result.correct if result.correct is not None else [v > 0 for v in result.values]
+            outcomes = result.outcomes or ["correct" if c else "wrong" for c in correct]
+            if rounds == 1:  # the metrics of the first round describe the policy's samples unfiltered
+                metrics.update(result.metrics)
+                metrics.update(self._response_metrics(completions, correct))
+            all_rewards.extend(result.values)
+            self.sampler.update(indices, [sum(correct[g * n : (g + 1) * n]) / n for g in range(len(indices))])
+            groups = [
+                ScoredGroup(
+                    indices[g],
+                    completions[g * n : (g + 1) * n],
+                    result.values[g * n : (g + 1) * n],
+                    correct[g * n : (g + 1) * n],
+                    outcomes[g * n : (g + 1) * n],
+                )
+                for g in range(len(indices))
+            ]
+            kept.extend(self._filter_groups(groups, metrics))
+        metrics["filter/prompts_drawn"] = all_reduce_sum(torch.tensor(float(drawn))).item()
+        metrics["filter/rounds"] = float(rounds)
+        metrics["filter/groups_used"] = all_reduce_sum(torch.tensor(float(min(len(kept), self.prompts_per_step)))).item()
+        return StepRollouts(kept[: self.prompts_per_step], metrics, timings)
+
+    def _filter_groups(self, groups: list[ScoredGroup], metrics: dict[str, float]) -> list[ScoredGroup]:
+        """Apply the filters that need only rewards; groups with no completion left are dropped."""
+        if not self.reward_filters:
+            return groups
+        n = self.sampling.n
+        out = apply_filters(
+            self.reward_filters,
+            rewards=torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float64),
+            group_ids=torch.arange(len(groups)).repeat_interleave(n),
+            correct=torch.tensor([c for g in groups for c in g.correct]),
+            config=self.algorithm,
+        )
+        for key, value in out.metrics.items():
+            metrics[key] = metrics.get(key, 0.0) + value
+        keep = out.keep.tolist()
+        result = []
+        for g, group in enumerate(groups):
+            rows = [j for j in range(n) if keep[g * n + j]]
+            if rows:
+                result.append(
+                    ScoredGroup(
+                        group.prompt_index,
+                        [group.completions[j] for j in rows],
+                        [group.rewards[j] for j in rows],
+                        [group.correct[j] for j in rows],
+                        [group.outcomes[j] for j in rows],
+                    )
+                )
+        return result
+
+    @staticmethod
+    def _response_metrics(completions: list[Completion], correct: list[bool]) -> dict[str, float]:
+        lengths = torch.tensor([float(len(c.token_ids)) for c in completions])
+        truncated = torch.tensor([float(c.finish_reason == "length") for c in completions])
+        ok = torch.tensor(correct, dtype=torch.bool)
+        n = all_reduce_sum(torch.tensor(float(len(completions))))
+        stats = all_reduce_sum(
+            torch.stack(
+                [
+                    lengths.sum(),
+                    truncated.sum(),
+                    (lengths * ok).sum(),
+                    ok.sum().float(),
+                    (lengths * ~ok).sum(),
+                ]
+            )
+        )
+        from rlvr.distributed import all_reduce_max
+
+        longest = all_reduce_max(lengths.max()).item() if len(completions) else 0.0
+        n_ok, n_wrong = stats[3].item(), n.item() - stats[3].item()
+        return {
+            "response/length_mean": (stats[0] / n).item(),
+            "response/length_max": longest,
+            "response/clipped_ratio": (stats[1] / n).item(),
+            "response/length_correct": stats[2].item() / n_ok if n_ok else float("nan"),
+            "response/length_wrong": stats[4].item() / n_wrong if n_wrong else float("nan"),
+        }

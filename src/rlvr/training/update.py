@@ -1,0 +1,209 @@
+"""The policy update of one step: ``ppo_epochs`` passes of mini-batch optimizer steps.
+
+Each mini-batch is split into micro-batches of at most ``micro_batch_tokens`` tokens whose
+gradients accumulate. Every loss term is aggregated with the *mini-batch's* global token and
+sequence counts (summed over ranks), so the accumulated gradient equals that of the whole
+mini-batch in one pass, whatever the micro-batch split (tests/training/test_update.py).
+
+The loss (each term's coefficient from the config; KL only with ``kl_placement: loss``)::
+
+    loss = policy_loss + kl_coef * KL(pi || pi_ref) - entropy_coef * H(pi) + lm_coef * NLL(correct)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlvr.algorithms.config import AlgorithmConfig, hyperparameters_for
+from rlvr.algorithms.entropy import entropy_from_logits, entropy_loss, token_logprobs
+from rlvr.algorithms.kl import kl_loss
+from rlvr.algorithms.lm_loss import positive_lm_loss
+from rlvr.algorithms.losses import POLICY_LOSS_TENSOR_ARGS, POLICY_LOSSES
+from rlvr.distributed import all_reduce_max, all_reduce_sum, world_size
+from rlvr.training.batch import MicroBatch, RolloutBatch, micro_batches
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    ppo_epochs: int
+    updates_per_step: int
+    micro_batch_tokens: int
+    max_grad_norm: float
+    temperature: float
+    norm_length: int
+    """Dr. GRPO's constant for seq-mean-token-sum-norm (loss_norm_length or max_new_tokens)."""
+
+
+def response_logits(model: Any, mb: MicroBatch) -> torch.Tensor:
+    """Logits [b, t, V] that predict the micro-batch's response tokens."""
+    out = model(
+        input_ids=mb.input_ids,
+        attention_mask=mb.attention,
+        position_ids=mb.position_ids,
+        use_cache=False,
+        logits_to_keep=mb.response_width + 1,
+    )
+    return out.logits[:, : mb.response_width]
+
+
+def response_targets(mb: MicroBatch) -> torch.Tensor:
+    return mb.input_ids[:, mb.prompt_width : mb.prompt_width + mb.response_width]
+
+
+@torch.no_grad()
+def compute_logprobs(model: Any, batch: RolloutBatch, temperature: float, micro_batch_tokens: int) -> torch.Tensor:
+    """Per-token logprobs [B, T] of the batch's responses under ``model`` (no gradient)."""
+    out = torch.zeros_like(batch.old_logprobs)
+    for mb in micro_batches(batch, range(batch.size), micro_batch_tokens):
+        logits = response_logits(model, mb)
+        lp = token_logprobs(logits, response_targets(mb), temperature=temperature)
+        out[mb.rows, : mb.response_width] = lp.float()
+    return out * batch.response_mask
+
+
+def _split(rows: torch.Tensor, parts: int) -> list[torch.Tensor]:
+    parts = max(1, min(parts, rows.numel()))
+    return [chunk for chunk in torch.tensor_split(rows, parts) if chunk.numel()]
+
+
+class _WeightedMetrics:
+    """Token-weighted means of per-micro-batch metrics, reduced over ranks."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weight = 0.0
+
+    def add(self, metrics: dict[str, Any], tokens: float) -> None:
+        for key, value in metrics.items():
+            v = float(value)
+            if math.isfinite(v):
+                self.sums[key] = self.sums.get(key, 0.0) + v * tokens
+        self.weight += tokens
+
+    def result(self) -> dict[str, float]:
+        keys = sorted(self.sums)
+        totals = all_reduce_sum(torch.tensor([self.sums[k] for k in keys] + [self.weight], dtype=torch.float64))
+        weight = max(totals[-1].item(), 1e-12)
+        return {k: totals[i].item() / weight for i, k in enumerate(keys)}
+
+
+def policy_update(
+    *,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batch: RolloutBatch,
+    algorithm: AlgorithmConfig,
+    settings: UpdateSettings,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Run the step's optimizer updates on ``batch`` (with ``advantages`` in ``batch.extra``)."""
+    loss_fn = POLICY_LOSSES.get(algorithm.policy_loss)
+    loss_hp = hyperparameters_for(loss_fn, algorithm, POLICY_LOSS_TENSOR_ARGS)
+    use_kl_loss = algorithm.kl_coef > 0 and algorithm.kl_placement == "loss"
+    params = [p for p in model.parameters() if p.requires_grad]
+    metrics = _WeightedMetrics()
+    grad_norms: list[float] = []
+    skipped = updates = 0
+    agg = dict(aggregation=algorithm.aggregation, norm_length=settings.norm_length)
+
+    model.train()
+    for _ in range(settings.ppo_epochs):
+        order = torch.randperm(batch.size, generator=generator)
+        for rows in _split(order, settings.updates_per_step):
+            row_list = rows.tolist()
+            mask_rows = batch.response_mask[rows]
+            counts = all_reduce_sum(
+                torch.stack(
+                    [
+                        mask_rows.sum().double(),
+                        (mask_rows.sum(-1) > 0).sum().double(),
+                        (mask_rows * batch.correct[rows, None]).sum().double(),
+                    ]
+                )
+            )
+            num_tokens, num_sequences, correct_tokens = counts.tolist()
+            bad = torch.zeros((), dtype=torch.float64)
+            for mb in micro_batches(batch, row_list, settings.micro_batch_tokens):
+                t = mb.response_width
+                mask = batch.response_mask[mb.rows, :t]
+                logits = response_logits(model, mb)
+                logprobs = token_logprobs(logits, response_targets(mb), temperature=settings.temperature)
+                out = loss_fn(
+                    logprobs=logprobs,
+                    old_logprobs=batch.old_logprobs[mb.rows, :t],
+                    advantages=batch.extra["advantages"][mb.rows, :t],
+                    mask=mask,
+                    num_tokens=num_tokens,
+                    num_sequences=num_sequences,
+                    generator=generator,
+                    **{**loss_hp, "norm_length": settings.norm_length} if "norm_length" in loss_hp else loss_hp,
+                )
+                loss, step_metrics = out.loss, dict(out.metrics)
+                step_metrics["loss/policy"] = out.loss.detach()
+                if use_kl_loss:
+                    kl = kl_loss(
+                        logprobs=logprobs,
+                        ref_logprobs=batch.extra["ref_logprobs"][mb.rows, :t],
+                        mask=mask,
+                        num_tokens=num_tokens,
+                        num_sequences=num_sequences,
+                        kl_estimator=algorithm.kl_estimator,
+                        kl_clamp=algorithm.kl_clamp,
+                        **agg,
+                    )
+                    loss = loss + algorithm.kl_coef * kl.loss
+                    step_metrics.update(kl.metrics)
+                if algorithm.entropy_coef > 0:
+                    entropy = entropy_from_logits(logits, temperature=settings.temperature)
+                    ent = entropy_loss(
+                        entropy=entropy, mask=mask, num_tokens=num_tokens, num_sequences=num_sequences, **agg
+                    )
+                    loss = loss - algorithm.entropy_coef * ent.loss
+                    step_metrics.update(ent.metrics)
+                else:
+                    with torch.no_grad():
+                        entropy = entropy_from_logits(logits.detach(), temperature=settings.temperature)
+                    step_metrics["entropy/mean"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
+                if algorithm.lm_coef > 0:
+                    lm = positive_lm_loss(
+                        logprobs=logprobs,
+                        mask=mask,
+                        correct=batch.correct[mb.rows],
+                        num_tokens=correct_tokens,
+                        num_sequences=num_sequences,
+                        norm_length=settings.norm_length,
+                        aggregation="token-mean",
+                    )
+                    loss = loss + algorithm.lm_coef * lm.loss
+                    step_metrics.update(lm.metrics)
+                if not torch.isfinite(loss):
+                    bad.fill_(1.0)
+                    continue
+                # Gradients are averaged over ranks by data parallelism; the loss is a global sum.
+                (loss * world_size()).backward()
+                metrics.add(step_metrics, float(mask.sum()))
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                params, settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf")
+            )
+            if not torch.isfinite(grad_norm):
+                bad.fill_(1.0)
+            if all_reduce_max(bad).item() > 0:  # all ranks skip together
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            grad_norms.append(float(grad_norm))
+            updates += 1
+    result = metrics.result()
+    result["optim/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+    result["optim/lr"] = scheduler.get_last_lr()[0]
+    result["optim/updates"] = float(updates)
+    result["optim/skipped_updates"] = float(skipped)
+    return result
