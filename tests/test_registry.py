@@ -13,7 +13,9 @@ def test_registry_lookup_and_nearest_name():
 
     assert reg.get("grpo") is grpo
     assert "grpo" in reg and reg.names() == ["grpo"]
-    with pytest.raises(UnknownNameError, match=r"unknown advantage estimator 'grpoo'; did you mean 'grpo'\?.*valid: grpo"):
+    with pytest.raises(
+        UnknownNameError, match=r"unknown advantage estimator 'grpoo'; did you mean 'grpo'\?.*valid: grpo"
+    ):
         reg.get("grpoo")
 
 

@@ -1,10 +1,10 @@
 """The ``rlvr`` command line: thin — parse, build, call.
 
-    rlvr train CONFIG [key=value ...] [--resume]
-    rlvr config show [CONFIG] [key=value ...]
-    rlvr presets
-    rlvr toy build [--output DIR] [--seed N]
-    rlvr plot RUN_DIR
+rlvr train CONFIG [key=value ...] [--resume]
+rlvr config show [CONFIG] [key=value ...]
+rlvr presets
+rlvr toy build [--output DIR] [--seed N]
+rlvr plot RUN_DIR
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ def _plot(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from rlvr.config import format_config
 
-    parser = argparse.ArgumentParser(prog="rlvr", description="Reinforcement learning with verifiable rewards.")
+    parser = argparse.ArgumentParser(
+        prog="rlvr", description="Reinforcement learning with verifiable rewards."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser(
@@ -95,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("items", nargs="*", metavar="CONFIG | key=value")
-    train.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
+    )
     train.add_argument("--no-plot", dest="plot", action="store_false", help="do not write plots at the end")
     train.set_defaults(func=_train)
 
@@ -122,7 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Flags may come before, between or after the key=value items.
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        if not hasattr(args, "items") or any(item.startswith("-") for item in rest):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.items = [*args.items, *rest]
     try:
         return int(args.func(args) or 0)
     except RLVRError as e:

@@ -40,7 +40,15 @@ class ModelConfig:
     """LoRA scaling alpha."""
     lora_dropout: float = 0.0
     """LoRA dropout."""
-    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj")
+    lora_target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "up_proj",
+        "down_proj",
+        "gate_proj",
+    )
     """Module names LoRA adapts."""
     trust_remote_code: bool = False
     """Allow model code from the model's repository (needed by some architectures)."""
@@ -227,7 +235,9 @@ def _parse_overrides(overrides: list[str]) -> dict[str, Any]:
 
     for item in overrides:
         if "=" not in item or item.startswith("="):
-            raise ConfigError(f"override '{item}' must look like key=value (for example algorithm.eps_high=0.28)")
+            raise ConfigError(
+                f"override '{item}' must look like key=value (for example algorithm.eps_high=0.28)"
+            )
     return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=True)  # type: ignore[return-value]
 
 
@@ -356,7 +366,11 @@ def field_docs(cls: type) -> dict[str, str]:
     docs: dict[str, str] = {}
     for node, nxt in zip(body, body[1:] + [None], strict=True):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+            if (
+                isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
                 docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 

@@ -74,7 +74,9 @@ def test_all_estimators_registered_with_one_signature_and_config_fields():
 def test_unknown_name_gets_nearest_hint():
     with pytest.raises(UnknownNameError, match=r"unknown advantage estimator 'grpoo'; did you mean 'grpo'\?"):
         ADVANTAGES.get("grpoo")
-    with pytest.raises(UnknownNameError, match="valid: dr_grpo, gae, grpo, kimi, reinforce, reinforce_pp, rloo, vapo"):
+    with pytest.raises(
+        UnknownNameError, match="valid: dr_grpo, gae, grpo, kimi, reinforce, reinforce_pp, rloo, vapo"
+    ):
         ADVANTAGES.get("ppo")
 
 

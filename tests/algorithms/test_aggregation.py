@@ -27,7 +27,9 @@ def test_dr_grpo_norm_divides_by_fixed_length_not_padded_width():
     # Padding the tensor wider changes nothing.
     wide_v = torch.cat([VALUES, torch.full((2, 5), 7.0, dtype=torch.float64)], 1)
     wide_m = torch.cat([MASK, torch.zeros(2, 5, dtype=torch.bool)], 1)
-    assert aggregate(wide_v, wide_m, "seq-mean-token-sum-norm", norm_length=10).item() == pytest.approx(out.item())
+    assert aggregate(wide_v, wide_m, "seq-mean-token-sum-norm", norm_length=10).item() == pytest.approx(
+        out.item()
+    )
     with pytest.raises(ShapeError, match="norm_length"):
         aggregate(VALUES, MASK, "seq-mean-token-sum-norm")
 
@@ -48,7 +50,9 @@ def test_micro_batches_with_global_counts_add_up_to_the_full_batch(mode):
 def test_padding_values_never_matter(mode):
     v2 = VALUES.clone()
     v2[~MASK] = -1e6
-    assert aggregate(v2, MASK, mode, norm_length=4).item() == aggregate(VALUES, MASK, mode, norm_length=4).item()
+    assert (
+        aggregate(v2, MASK, mode, norm_length=4).item() == aggregate(VALUES, MASK, mode, norm_length=4).item()
+    )
 
 
 def test_bad_input_names_the_argument():

@@ -194,7 +194,9 @@ def test_config_errors_are_raised_when_the_reward_is_built():
 
 
 def test_empty_batch_gives_no_values_and_no_means():
-    empty = RewardBatch(completions=[], problems=[], response_lengths=[], group_ids=[], max_response_length=10)
+    empty = RewardBatch(
+        completions=[], problems=[], response_lengths=[], group_ids=[], max_response_length=10
+    )
     result = CompositeReward(SPECS)(empty)
     assert result.values == [] and result.correct == []
     assert result.metrics == {"reward/test_composite_exact/graded": 0.0}

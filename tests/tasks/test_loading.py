@@ -77,7 +77,9 @@ def test_gold_formats():
 
 
 def test_dotted_and_joined_fields(tmp_path):
-    path = write_jsonl(tmp_path / "n.jsonl", [{"Body": "Tom has 3.", "Question": "How many?", "gt": {"a": 3.0}}])
+    path = write_jsonl(
+        tmp_path / "n.jsonl", [{"Body": "Tom has 3.", "Question": "How many?", "gt": {"a": 3.0}}]
+    )
     p = load_problems(path, FieldMap("Body+Question", "gt.a")).problems[0]
     assert (p.question, p.answer) == ("Tom has 3. How many?", "3")
 

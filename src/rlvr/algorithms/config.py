@@ -13,7 +13,7 @@ Surrogate, aggregation, estimator, KL placement and filters are independent choi
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from rlvr.errors import ConfigError

@@ -232,6 +232,8 @@ class CompositeReward:
                 total[i] += component.weight * float(value)
             means[f"reward/{component.name}"] = [float(v) for v in result.values]
             for key, value in result.metrics.items():
+                # A component's own "reward/x" metric becomes "reward/<name>/x", not ".../reward/x".
+                key = key.removeprefix("reward/")
                 extra_metrics[f"reward/{component.name}/{key}"] = float(value)
         means["reward/total"] = total
         if batch.correct is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-BUILTIN_TASK_MODULES = ("arithmetic", "countdown", "knights_knaves", "math")
+BUILTIN_TASK_MODULES = ("arithmetic", "countdown", "knights_knaves", "math", "code")
 
 
 def load_builtin_tasks() -> None:

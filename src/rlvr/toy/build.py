@@ -37,7 +37,7 @@ class ToyBuildConfig:
     num_kv_heads: int = 2
     intermediate_size: int = 352
     max_positions: int = 128
-    sft_steps: int = 300
+    sft_steps: int = 220
     sft_batch: int = 64
     sft_lr: float = 3e-3
     sft_problems: int = 2000

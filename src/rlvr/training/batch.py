@@ -43,7 +43,11 @@ class RolloutBatch:
         move = lambda t: t.to(device)  # noqa: E731
         self.input_ids, self.attention = move(self.input_ids), move(self.attention)
         self.response_mask, self.old_logprobs = move(self.response_mask), move(self.old_logprobs)
-        self.rewards, self.correct, self.group_ids = move(self.rewards), move(self.correct), move(self.group_ids)
+        self.rewards, self.correct, self.group_ids = (
+            move(self.rewards),
+            move(self.correct),
+            move(self.group_ids),
+        )
         self.extra = {k: move(v) for k, v in self.extra.items()}
         return self
 

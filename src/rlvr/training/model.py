@@ -20,7 +20,9 @@ def resolve_model_path(path: str) -> str:
         from rlvr.toy.build import SHIPPED_DIR
 
         if not (SHIPPED_DIR / "config.json").is_file():
-            raise ConfigError(f"the shipped toy model is missing from {SHIPPED_DIR}; rebuild it with `rlvr toy build`")
+            raise ConfigError(
+                f"the shipped toy model is missing from {SHIPPED_DIR}; rebuild it with `rlvr toy build`"
+            )
         return str(SHIPPED_DIR)
     return path
 

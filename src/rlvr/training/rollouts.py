@@ -71,7 +71,9 @@ class RolloutCollector:
             indices = self.sampler.sample(self.prompts_per_step, step)
             drawn += len(indices)
             t0 = time.perf_counter()
-            sampling = SamplingParams(**{**self.sampling.__dict__, "seed": self.sampling.seed + 7919 * step + rounds})
+            sampling = SamplingParams(
+                **{**self.sampling.__dict__, "seed": self.sampling.seed + 7919 * step + rounds}
+            )
             completions = self.engine.generate([self.prompt_ids[i] for i in indices], sampling)
             t1 = time.perf_counter()
             problems = [self.problems[i] for i in indices for _ in range(n)]
@@ -107,7 +109,9 @@ class RolloutCollector:
             kept.extend(self._filter_groups(groups, metrics))
         metrics["filter/prompts_drawn"] = all_reduce_sum(torch.tensor(float(drawn))).item()
         metrics["filter/rounds"] = float(rounds)
-        metrics["filter/groups_used"] = all_reduce_sum(torch.tensor(float(min(len(kept), self.prompts_per_step)))).item()
+        metrics["filter/groups_used"] = all_reduce_sum(
+            torch.tensor(float(min(len(kept), self.prompts_per_step)))
+        ).item()
         return StepRollouts(kept[: self.prompts_per_step], metrics, timings)
 
     def _filter_groups(self, groups: list[ScoredGroup], metrics: dict[str, float]) -> list[ScoredGroup]:

@@ -42,7 +42,9 @@ def build_task(config: Config) -> Task:
     return task
 
 
-def tokenize_prompts(problems: list[Problem], template: str, tokenizer: Any, max_tokens: int) -> list[list[int]]:
+def tokenize_prompts(
+    problems: list[Problem], template: str, tokenizer: Any, max_tokens: int
+) -> list[list[int]]:
     """Token ids of every problem's prompt; a prompt over ``max_tokens`` is an error naming it."""
     from rlvr.tasks.templates import TEMPLATES, render_prompt
 
@@ -67,7 +69,9 @@ def build_optimizer(model: Any, config: Config) -> tuple[torch.optim.Optimizer, 
     """
     o, t = config.optim, config.training
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+    )
     total = max(1, t.steps * t.ppo_epochs * t.updates_per_step)
 
     def factor(step: int) -> float:

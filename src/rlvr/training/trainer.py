@@ -80,7 +80,9 @@ class Trainer:
             len(self.task.train),
             c.algorithm,
             seed=c.training.seed,
-            difficulties=difficulties_from_problems(self.task.train) if c.algorithm.sampler == "curriculum" else None,
+            difficulties=difficulties_from_problems(self.task.train)
+            if c.algorithm.sampler == "curriculum"
+            else None,
         )
         self.engine = HFEngine(self.model, self.tokenizer, max_batch_sequences=c.rollout.max_batch_sequences)
         self.reference = ReferenceModel(self.model) if needs_reference_model(c.algorithm) else None
@@ -150,7 +152,9 @@ class Trainer:
             )
             metrics["kl/reference"] = float((kl.sum() / batch.response_mask.sum().clamp(min=1)).item())
             if alg.kl_placement == "reward":
-                rewards = fold_kl_into_rewards(rewards=rewards, kl=kl, mask=batch.response_mask, kl_coef=alg.kl_coef)
+                rewards = fold_kl_into_rewards(
+                    rewards=rewards, kl=kl, mask=batch.response_mask, kl_coef=alg.kl_coef
+                )
         estimator = ADVANTAGES.get(alg.advantage)
         adv = estimator(
             rewards=rewards,
@@ -204,7 +208,9 @@ class Trainer:
             group_ids += [g] * len(group.completions)
         return make_batch(completions, rewards, correct, group_ids, self.engine.pad_id)
 
-    def _apply_completion_filters(self, batch: RolloutBatch, names: tuple[str, ...], metrics: dict) -> RolloutBatch:
+    def _apply_completion_filters(
+        self, batch: RolloutBatch, names: tuple[str, ...], metrics: dict
+    ) -> RolloutBatch:
         out = apply_filters(
             names,
             rewards=batch.rewards,
@@ -226,7 +232,9 @@ class Trainer:
         problems = self.task.test[: e.num_problems] if e.num_problems else self.task.test
         if not problems:
             return {}
-        prompts = tokenize_prompts(problems, self.task.template, self.tokenizer, self.config.rollout.max_prompt_tokens)
+        prompts = tokenize_prompts(
+            problems, self.task.template, self.tokenizer, self.config.rollout.max_prompt_tokens
+        )
         n = e.samples_per_problem if e.temperature > 0 else 1
         completions = self.engine.generate(
             prompts,
@@ -259,7 +267,11 @@ class Trainer:
     # --- the run -------------------------------------------------------------------------------
 
     def trainer_state(self) -> dict[str, Any]:
-        return {"step": self.step, "sampler": self.sampler.state_dict(), "generator": self.generator.get_state()}
+        return {
+            "step": self.step,
+            "sampler": self.sampler.state_dict(),
+            "generator": self.generator.get_state(),
+        }
 
     def load_trainer_state(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
@@ -308,12 +320,19 @@ class Trainer:
             f"{c.rollout.prompts_per_step} prompts x {c.rollout.samples_per_prompt} samples = {per_step} completions "
             f"per step, {c.training.updates_per_step} optimizer step(s) per epoch, {c.training.ppo_epochs} epoch(s)"
         )
-        logger = MetricsLogger(self.out, tensorboard=c.logging.tensorboard, wandb_project=c.logging.wandb_project, config=to_dict(c))
+        logger = MetricsLogger(
+            self.out,
+            tensorboard=c.logging.tensorboard,
+            wandb_project=c.logging.wandb_project,
+            config=to_dict(c),
+        )
         if resumed:
             logger.truncate_after(self.step)
         eval_before = self._read_eval_before() if resumed else self.evaluate()
         if not resumed:
-            self.log(f"held-out accuracy before training: {eval_before.get('eval/accuracy', float('nan')):.1%}")
+            self.log(
+                f"held-out accuracy before training: {eval_before.get('eval/accuracy', float('nan')):.1%}"
+            )
             logger.log(0, eval_before)
             (self.out / "eval_before.json").write_text(json.dumps(eval_before) + "\n")
         progress = ConsoleProgress(c.training.steps, start_step=self.step, every=c.logging.log_every)
@@ -326,7 +345,9 @@ class Trainer:
                 if c.eval.every and self.step % c.eval.every == 0 and self.step < c.training.steps:
                     metrics.update(self.evaluate())
                 logger.log(self.step, metrics)
-                progress.update(self.step, metrics, {k: v for k, v in metrics.items() if k.startswith("time/")})
+                progress.update(
+                    self.step, metrics, {k: v for k, v in metrics.items() if k.startswith("time/")}
+                )
                 if c.logging.sample_every and self.step % c.logging.sample_every == 0:
                     logger.log_samples(self.step, self._samples())
                 if c.checkpoint.every and self.step % c.checkpoint.every == 0:
@@ -357,10 +378,20 @@ class Trainer:
         prompts = self.train_prompts[:4]
         completions = self.engine.generate(
             prompts,
-            SamplingParams(n=1, max_new_tokens=self.sampling.max_new_tokens, temperature=0.0, stop_strings=self.task.stop_strings),
+            SamplingParams(
+                n=1,
+                max_new_tokens=self.sampling.max_new_tokens,
+                temperature=0.0,
+                stop_strings=self.task.stop_strings,
+            ),
         )
         return [
-            {"prompt": self.tokenizer.decode(p), "completion": c.text, "answer": str(pr.answer), "finish": c.finish_reason}
+            {
+                "prompt": self.tokenizer.decode(p),
+                "completion": c.text,
+                "answer": str(pr.answer),
+                "finish": c.finish_reason,
+            }
             for p, c, pr in zip(prompts, completions, problems, strict=True)
         ]
 

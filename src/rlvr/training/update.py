@@ -55,7 +55,9 @@ def response_targets(mb: MicroBatch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def compute_logprobs(model: Any, batch: RolloutBatch, temperature: float, micro_batch_tokens: int) -> torch.Tensor:
+def compute_logprobs(
+    model: Any, batch: RolloutBatch, temperature: float, micro_batch_tokens: int
+) -> torch.Tensor:
     """Per-token logprobs [B, T] of the batch's responses under ``model`` (no gradient)."""
     out = torch.zeros_like(batch.old_logprobs)
     for mb in micro_batches(batch, range(batch.size), micro_batch_tokens):
@@ -86,7 +88,9 @@ class _WeightedMetrics:
 
     def result(self) -> dict[str, float]:
         keys = sorted(self.sums)
-        totals = all_reduce_sum(torch.tensor([self.sums[k] for k in keys] + [self.weight], dtype=torch.float64))
+        totals = all_reduce_sum(
+            torch.tensor([self.sums[k] for k in keys] + [self.weight], dtype=torch.float64)
+        )
         weight = max(totals[-1].item(), 1e-12)
         return {k: totals[i].item() / weight for i, k in enumerate(keys)}
 
@@ -140,8 +144,9 @@ def policy_update(
                     mask=mask,
                     num_tokens=num_tokens,
                     num_sequences=num_sequences,
+                    norm_length=settings.norm_length,
                     generator=generator,
-                    **{**loss_hp, "norm_length": settings.norm_length} if "norm_length" in loss_hp else loss_hp,
+                    **loss_hp,
                 )
                 loss, step_metrics = out.loss, dict(out.metrics)
                 step_metrics["loss/policy"] = out.loss.detach()

@@ -1,0 +1,1 @@
+"""The training engine: rollouts, updates, checkpoints and resume."""

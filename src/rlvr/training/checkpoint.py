@@ -1,0 +1,517 @@
+"""Checkpoints written atomically, kept few, and loaded back to continue a run exactly.
+
+A checkpoint is a directory ``run_dir/checkpoints/step-000123/``::
+
+    config.json, model.safetensors, ...     the model, as ``save_pretrained`` writes it: a Hugging Face
+                                            model directory that ``from_pretrained`` loads (for a peft
+                                            model: adapter_config.json + adapter_model.safetensors)
+    tokenizer.json, tokenizer_config.json   the tokenizer, when one is given
+    optimizer.pt, scheduler.pt              ``torch.save`` of their state dicts
+    <name>.pt                               the state dict of each ``extra_states`` object
+    rng.pt                                  RNG states (python, numpy, torch CPU and CUDA) of every rank
+    trainer_state.pt                        the trainer-state entries that hold tensors, if any
+    trainer_state.json                      the JSON-able trainer-state entries, always with ``step``;
+                                            written last
+
+Atomicity: everything is written into a hidden sibling ``.tmp-step-000123-<id>/``, every file and the
+directory are fsync'd, then the directory is renamed into place (a rename within one file system is
+atomic). A directory named ``step-*`` is therefore always complete: a kill at any moment leaves the
+earlier checkpoints intact and at worst a ``.tmp-*`` directory, which :func:`latest_checkpoint` ignores
+and the next save removes. Deletion is a rename to ``.deleting-*`` followed by removal, so a half-deleted
+directory never looks like a checkpoint either. Saving a step that already has a checkpoint (for example
+once more after the final evaluation) renames the old one to ``.replaced-step-000123-<id>`` before the new
+one takes its place; should a kill fall between those two renames, the ``.replaced`` copy (complete) still
+counts as that step's checkpoint and the next save renames it back.
+
+Distributed runs: every rank calls :func:`save_checkpoint` (the RNG states of all ranks are gathered);
+only rank 0 writes, then all ranks wait at a barrier. The model must be one whose full state dict rank 0
+can read (a plain or DDP-wrapped model); sharded (FSDP) state is not handled here. Every rank calls
+:func:`load_checkpoint` and gets its own RNG state back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import sys
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlvr.distributed import is_distributed, rank, world_size
+from rlvr.errors import ConfigError, DataError
+from rlvr.training.rng import capture_rng_state as capture_rng_state  # re-exported
+from rlvr.training.rng import gather_rng_states, restore_rng_state
+
+CHECKPOINTS_DIR = "checkpoints"
+TRAINER_STATE_JSON = "trainer_state.json"
+TRAINER_STATE_PT = "trainer_state.pt"
+RNG_FILE = "rng.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_REPLACED_DIR = re.compile(r"^\.replaced-step-(\d+)-[0-9a-f]+$")
+_TMP_PREFIX = ".tmp-"
+_DELETING_PREFIX = ".deleting-"
+_RESERVED_NAMES = {"optimizer", "scheduler", "rng", "trainer_state", "model", "adapter_model"}
+
+
+def checkpoint_name(step: int) -> str:
+    """``step-000123``: zero-padded so that names sort like steps up to a million."""
+    return f"step-{step:06d}"
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step a checkpoint directory holds, read from its name."""
+    name = Path(path).name
+    match = _STEP_DIR.match(name) or _REPLACED_DIR.match(name)
+    if match is None:
+        raise DataError(f"{path}: not a checkpoint directory name (expected step-<number>)")
+    return int(match.group(1))
+
+
+def _is_complete(path: Path) -> bool:
+    return path.is_dir() and (path / TRAINER_STATE_JSON).is_file()
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The complete checkpoints of ``run_dir``, oldest step first; temporary directories are ignored."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    by_step: dict[int, Path] = {}
+    replaced: dict[int, Path] = {}
+    for entry in root.iterdir():
+        if _STEP_DIR.match(entry.name) and _is_complete(entry):
+            by_step[checkpoint_step(entry)] = entry
+        elif _REPLACED_DIR.match(entry.name) and _is_complete(entry):
+            replaced[checkpoint_step(entry)] = entry
+    for step, entry in replaced.items():  # a kill fell between the two renames of an overwrite
+        by_step.setdefault(step, entry)
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The complete checkpoint of ``run_dir`` with the highest step, or None when there is none."""
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Saving
+
+
+def _unwrap(model: Any) -> Any:
+    """The module inside DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _is_peft_model(model: Any) -> bool:
+    peft = sys.modules.get("peft")  # a peft model implies peft is imported
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
+def _barrier() -> None:
+    if is_distributed():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _needs_torch(value: Any, where: str) -> bool:
+    """Whether a trainer-state value holds tensors (False: plain JSON); other types are refused."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return isinstance(value, torch.Tensor)
+    if isinstance(value, (list, tuple)):
+        return any([_needs_torch(v, f"{where}[{i}]") for i, v in enumerate(value)]) or isinstance(
+            value, tuple
+        )
+    if isinstance(value, dict):
+        return any([_needs_torch(v, f"{where}[{k!r}]") for k, v in value.items()]) or not all(
+            isinstance(k, str) for k in value
+        )
+    raise ConfigError(
+        f"trainer_state{where}: cannot be checkpointed ({type(value).__name__}); use JSON types, "
+        "tensors, and lists/dicts of them"
+    )
+
+
+def _split_trainer_state(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(entries written as JSON, entries that hold tensors, tuples or non-string keys: torch.save)."""
+    as_json, as_torch = {}, {}
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"trainer_state keys must be strings, got {key!r}")
+        (as_torch if _needs_torch(value, f"[{key!r}]") else as_json)[key] = value
+    return as_json, as_torch
+
+
+def _check_extra_names(extra_states: Mapping[str, Any] | None) -> None:
+    for name in extra_states or {}:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name) or name in _RESERVED_NAMES:
+            raise ConfigError(
+                f"extra_states name {name!r} must be letters, digits and _ and not one of {sorted(_RESERVED_NAMES)}"
+            )
+
+
+def _fsync(path: str | Path) -> None:
+    if os.name == "nt" and os.path.isdir(path):  # Windows cannot open a directory for fsync
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for directory, _, files in os.walk(root):
+        for name in files:
+            _fsync(os.path.join(directory, name))
+        _fsync(directory)
+
+
+def _remove(path: Path) -> None:
+    """Delete a directory so that no moment shows it half-deleted under its own name."""
+    doomed = path.with_name(f"{_DELETING_PREFIX}{path.name.lstrip('.')}-{uuid.uuid4().hex[:8]}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _clean_leftovers(root: Path) -> None:
+    """Remove what an interrupted save or deletion left behind; restore an interrupted overwrite."""
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith((_TMP_PREFIX, _DELETING_PREFIX)) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif _REPLACED_DIR.match(entry.name):
+            target = root / checkpoint_name(checkpoint_step(entry))
+            if target.exists() or not _is_complete(entry):
+                _remove(entry)
+            else:
+                os.rename(entry, target)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the finished ``tmp`` directory to ``final``, replacing an existing ``final``."""
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    replaced = final.with_name(f".replaced-{final.name}-{uuid.uuid4().hex[:8]}")
+    os.rename(final, replaced)
+    os.rename(tmp, final)
+    _fsync(final.parent)
+    _remove(replaced)
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Silence transformers' "Writing model shards" bar: a checkpoint is not worth a console line."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _write_checkpoint(
+    directory: Path,
+    *,
+    model: Any,
+    tokenizer: Any,
+    optimizer: Any,
+    scheduler: Any,
+    extra_states: Mapping[str, Any],
+    json_state: dict[str, Any],
+    torch_state: dict[str, Any],
+    rng_states: list[dict[str, Any]],
+) -> None:
+    if not hasattr(model, "save_pretrained"):
+        raise ConfigError(
+            f"save_checkpoint: model of type {type(model).__name__} has no save_pretrained; "
+            "pass a Hugging Face (or peft) model"
+        )
+    with _no_progress_bars():
+        model.save_pretrained(directory)  # safetensors: the only format of transformers 5, peft's default
+    if not any(directory.glob("*.safetensors")):
+        raise ConfigError(
+            f"save_checkpoint: {type(model).__name__}.save_pretrained wrote no safetensors file"
+        )
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
+    if scheduler is not None:
+        torch.save(scheduler.state_dict(), directory / SCHEDULER_FILE)
+    for name, obj in extra_states.items():
+        torch.save(obj.state_dict(), directory / f"{name}.pt")
+    torch.save({"world_size": len(rng_states), "ranks": rng_states}, directory / RNG_FILE)
+    if torch_state:
+        torch.save(torch_state, directory / TRAINER_STATE_PT)
+    # Written last: a directory with trainer_state.json has everything else.
+    (directory / TRAINER_STATE_JSON).write_text(json.dumps(json_state, indent=2) + "\n", encoding="utf-8")
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    *,
+    model: Any,
+    tokenizer: Any = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    trainer_state: Mapping[str, Any] | None = None,
+    keep_last: int | None = 2,
+    extra_states: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``run_dir/checkpoints/step-<step>/`` atomically, then delete all but the ``keep_last`` newest.
+
+    Args:
+        run_dir: the run directory.
+        step: the number of completed training steps.
+        model: a Hugging Face model (full weights) or a peft model (the adapter is saved).
+        tokenizer: saved beside the model so that the directory is self-contained; optional.
+        optimizer, scheduler: their ``state_dict()`` is saved; optional.
+        trainer_state: the loop's own state (position in the data, counters, generators). Entries of JSON
+            types go to ``trainer_state.json``; entries holding tensors to ``trainer_state.pt``. ``step``
+            is added (and must equal ``step`` if given).
+        keep_last: how many checkpoints to keep (>= 1), counting this one; None keeps all. Only
+            checkpoints of steps up to ``step`` are deleted; the one just written is always kept.
+        extra_states: more objects with ``state_dict()`` (a critic's optimizer, a grad scaler), saved
+            as ``<name>.pt``.
+
+    Returns the checkpoint directory (on every rank). Call it on every rank (see the module docstring).
+    """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ConfigError(f"save_checkpoint: step must be a non-negative int, got {step!r}")
+    if keep_last is not None and (
+        isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
+    ):
+        raise ConfigError(
+            f"save_checkpoint: keep_last must be an int >= 1 or None (keep all), got {keep_last!r}"
+        )
+    _check_extra_names(extra_states)
+    state = dict(trainer_state or {})
+    if "step" in state and state["step"] != step:
+        raise ConfigError(f"save_checkpoint: trainer_state['step'] = {state['step']!r} but step = {step}")
+    state["step"] = step
+    json_state, torch_state = _split_trainer_state(state)
+    rng_states = gather_rng_states()  # collective: before the rank-0-only part
+
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    final = root / checkpoint_name(step)
+    if rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        _clean_leftovers(root)
+        tmp = root / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            _write_checkpoint(
+                tmp,
+                model=_unwrap(model),
+                tokenizer=tokenizer,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                extra_states=extra_states or {},
+                json_state=json_state,
+                torch_state=torch_state,
+                rng_states=rng_states,
+            )
+            _fsync_tree(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _publish(tmp, final)
+        _fsync(root)
+        if keep_last is not None:
+            older = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) <= step and p != final]
+            for path in older[: max(len(older) - (keep_last - 1), 0)]:
+                _remove(path)
+            _fsync(root)
+    _barrier()
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _torch_load(path: Path) -> Any:
+    if not path.is_file():
+        raise DataError(f"{path}: missing from the checkpoint")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _shares_storage_with_loaded(key: str, state: Mapping[str, torch.Tensor], loaded: set[str]) -> bool:
+    """Whether ``key`` is tied to (the same tensor as) a key that the checkpoint holds."""
+    ptr = state[key].data_ptr()
+    return any(other in loaded and state[other].data_ptr() == ptr for other in state if other != key)
+
+
+def _key_mismatch(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    expected = model.state_dict()
+    loaded = set(weights)
+    missing = [
+        k for k in expected if k not in loaded and not _shares_storage_with_loaded(k, expected, loaded)
+    ]
+    unexpected = [k for k in weights if k not in expected]
+    return missing, unexpected
+
+
+def load_model_weights(path: str | Path, model: Any) -> None:
+    """Load the weights of checkpoint ``path`` into the existing ``model`` (for a peft model, its adapter)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    model = _unwrap(model)
+    if _is_peft_model(model):
+        from peft import set_peft_model_state_dict
+
+        if not (path / ADAPTER_WEIGHTS).is_file():
+            raise DataError(
+                f"{path}: no {ADAPTER_WEIGHTS}; the model is a peft model but the checkpoint is not"
+            )
+        result = set_peft_model_state_dict(model, load_file(path / ADAPTER_WEIGHTS))
+        if result.unexpected_keys:
+            raise DataError(f"{path}: adapter weights the model does not have: {result.unexpected_keys[:5]}")
+        return
+    files = sorted(p for p in path.glob("*.safetensors") if not p.name.startswith("adapter_model"))
+    if not files:
+        hint = (
+            " (it holds a peft adapter: load it into the peft model)"
+            if (path / ADAPTER_CONFIG).exists()
+            else ""
+        )
+        raise DataError(f"{path}: no model safetensors file{hint}")
+    weights: dict[str, torch.Tensor] = {}
+    for file in files:
+        weights.update(load_file(file))
+    missing, unexpected = _key_mismatch(model, weights)
+    if (missing or unexpected) and hasattr(type(model), "from_pretrained"):
+        # The file names weights as the original checkpoint format does (transformers may rename some on
+        # load and revert the renaming on save): let from_pretrained do the conversion.
+        sample = next(iter(model.state_dict().values()))
+        try:
+            loaded, info = type(model).from_pretrained(path, dtype=sample.dtype, output_loading_info=True)
+        except (OSError, ValueError, RuntimeError) as err:
+            raise DataError(f"{path}: the weights do not match the model ({str(err)[:500]})") from None
+        problems = {k: list(v)[:5] for k, v in info.items() if k != "error_msgs" and v}
+        if problems:
+            raise DataError(f"{path}: the weights do not match the model: {problems}")
+        weights = loaded.state_dict()
+        missing, unexpected = _key_mismatch(model, weights)
+    if missing or unexpected:
+        raise DataError(
+            f"{path}: the weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    try:
+        model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise DataError(f"{path}: the weights do not fit the model: {str(err)[:1000]}") from None
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    model: Any,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    extra_states: Mapping[str, Any] | None = None,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
+    """Load checkpoint ``path`` into the existing objects and return its trainer state (with ``step``).
+
+    The model gets its weights from the safetensors files (for a peft model, the adapter weights);
+    optimizer, scheduler and ``extra_states`` objects get their state dicts; with ``restore_rng`` the
+    global RNGs continue where this rank's left off at the save (skipped, with a warning, when the
+    number of ranks changed).
+    """
+    path = Path(path)
+    if not _is_complete(path):
+        raise DataError(f"{path}: not a complete checkpoint (no {TRAINER_STATE_JSON})")
+    _check_extra_names(extra_states)
+    load_model_weights(path, model)
+    if optimizer is not None:
+        optimizer.load_state_dict(_torch_load(path / OPTIMIZER_FILE))
+    if scheduler is not None:
+        scheduler.load_state_dict(_torch_load(path / SCHEDULER_FILE))
+    for name, obj in (extra_states or {}).items():
+        obj.load_state_dict(_torch_load(path / f"{name}.pt"))
+    try:
+        state = json.loads((path / TRAINER_STATE_JSON).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path / TRAINER_STATE_JSON}: not valid JSON ({err})") from None
+    if (path / TRAINER_STATE_PT).is_file():
+        state.update(_torch_load(path / TRAINER_STATE_PT))
+    if restore_rng and (path / RNG_FILE).is_file():
+        saved = _torch_load(path / RNG_FILE)
+        if saved["world_size"] == world_size():
+            restore_rng_state(saved["ranks"][rank()])
+        else:
+            warnings.warn(
+                f"{path}: saved with {saved['world_size']} ranks, loaded with {world_size()}; "
+                "RNG states not restored",
+                stacklevel=2,
+            )
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------
+# LoRA
+
+
+def export_merged(
+    checkpoint_dir: str | Path, output_dir: str | Path, *, base_model: str | None = None
+) -> Path:
+    """Merge a LoRA checkpoint's adapter into its base model and save a plain Hugging Face model directory.
+
+    ``base_model`` overrides the base recorded in the adapter config (``base_model_name_or_path``).
+    The tokenizer, if the checkpoint has one, is copied too. Needs peft.
+    """
+    try:
+        from peft import PeftConfig, PeftModel
+    except ImportError:
+        raise ConfigError("export_merged needs peft: pip install peft") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
+    if not (checkpoint_dir / ADAPTER_CONFIG).is_file():
+        raise DataError(
+            f"{checkpoint_dir}: no {ADAPTER_CONFIG}, so not a LoRA checkpoint; a full-weight checkpoint "
+            "already loads with from_pretrained"
+        )
+    base_path = base_model or PeftConfig.from_pretrained(checkpoint_dir).base_model_name_or_path
+    if not base_path:
+        raise ConfigError(f"{checkpoint_dir / ADAPTER_CONFIG} names no base model; pass base_model=")
+    try:
+        base = AutoModelForCausalLM.from_pretrained(base_path)
+    except OSError as err:
+        raise ConfigError(f"export_merged: cannot load the base model {base_path!r} ({err})") from None
+    merged = PeftModel.from_pretrained(base, checkpoint_dir).merge_and_unload()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(output_dir)
+    if (checkpoint_dir / "tokenizer_config.json").is_file():
+        AutoTokenizer.from_pretrained(checkpoint_dir).save_pretrained(output_dir)
+    return output_dir

@@ -1,0 +1,97 @@
+"""The policy update: micro-batching equals one big batch; a non-finite loss never touches weights."""
+
+import copy
+
+import pytest
+import torch
+from training_fixtures import random_completions, tiny_model
+
+from rlvr.algorithms.advantages import ADVANTAGES
+from rlvr.algorithms.config import AlgorithmConfig
+from rlvr.training.batch import make_batch
+from rlvr.training.update import UpdateSettings, compute_logprobs, policy_update
+
+VOCAB = 40
+
+
+def _batch(seed=0):
+    comps = random_completions(VOCAB, num_prompts=4, n=4, seed=seed)
+    rewards = [float((i * 7) % 3 == 0) for i in range(len(comps))]
+    batch = make_batch(comps, rewards, [r > 0 for r in rewards], [i // 4 for i in range(16)], pad_id=0)
+    adv = ADVANTAGES.get("grpo")(rewards=batch.rewards, mask=batch.response_mask, group_ids=batch.group_ids)
+    batch.extra["advantages"] = adv.advantages
+    return batch
+
+
+def _run(model, batch, algorithm, micro_batch_tokens, updates_per_step=1):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    settings = UpdateSettings(
+        ppo_epochs=1,
+        updates_per_step=updates_per_step,
+        micro_batch_tokens=micro_batch_tokens,
+        max_grad_norm=0.0,
+        temperature=1.0,
+        norm_length=12,
+    )
+    return policy_update(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        batch=batch,
+        algorithm=algorithm,
+        settings=settings,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        AlgorithmConfig(aggregation="token-mean"),
+        AlgorithmConfig(aggregation="seq-mean-token-mean", entropy_coef=0.01),
+        AlgorithmConfig(aggregation="seq-mean-token-sum-norm", lm_coef=0.1),
+        AlgorithmConfig(aggregation="seq-mean-token-sum", policy_loss="gspo", eps_low=3e-4, eps_high=4e-4),
+        AlgorithmConfig(aggregation="token-mean", policy_loss="cispo", eps_high=0.28),
+    ],
+    ids=["token-mean", "seq-mean-token-mean+entropy", "dr-grpo-norm+lm", "gspo", "cispo"],
+)
+def test_micro_batching_equals_one_big_batch(algorithm):
+    torch.set_default_dtype(torch.float64)
+    try:
+        batch = _batch()
+        base = tiny_model(VOCAB).double()
+        # Old logprobs from the model itself, perturbed so that ratios differ from 1.
+        batch.old_logprobs = compute_logprobs(base, batch, 1.0, 10_000) + 0.05 * torch.randn_like(
+            batch.old_logprobs
+        )
+        batch.old_logprobs *= batch.response_mask
+        whole, split = copy.deepcopy(base), copy.deepcopy(base)
+        m1 = _run(whole, batch, algorithm, micro_batch_tokens=10_000)
+        m2 = _run(split, batch, algorithm, micro_batch_tokens=40)  # one or two rows per micro-batch
+        for (name, p1), (_, p2) in zip(whole.named_parameters(), split.named_parameters(), strict=True):
+            assert torch.allclose(p1, p2, atol=1e-10, rtol=0), name
+        assert not torch.equal(next(base.parameters()), next(whole.parameters()))  # it did update
+        assert m1["policy/clipfrac_high"] == pytest.approx(m2["policy/clipfrac_high"], abs=1e-12)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_non_finite_loss_skips_the_update_and_keeps_the_weights():
+    batch = _batch()
+    batch.extra["advantages"] = batch.extra["advantages"].clone()
+    batch.extra["advantages"][0, 0] = float("nan")
+    model = tiny_model(VOCAB)
+    before = copy.deepcopy(model.state_dict())
+    metrics = _run(model, batch, AlgorithmConfig(aggregation="token-mean"), micro_batch_tokens=10_000)
+    assert metrics["optim/skipped_updates"] == 1.0 and metrics["optim/updates"] == 0.0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_updates_per_step_makes_that_many_optimizer_steps():
+    metrics = _run(
+        tiny_model(VOCAB), _batch(), AlgorithmConfig(), micro_batch_tokens=10_000, updates_per_step=4
+    )
+    assert metrics["optim/updates"] == 4.0
