@@ -72,24 +72,27 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
         "logging.tensorboard=false",
         "logging.sample_every=0",
     ]
+    # Every run is a subprocess with the same thread count, so float reductions agree bit for bit.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def command(run: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "rlvr",
+            "train",
+            "recipes/quickstart.yaml",
+            *common,
+            f"logging.output_dir={run}",
+            "--no-plot",
+        ]
+
     straight = tmp_path / "straight"
-    train(
-        load_config("recipes/quickstart.yaml", [*common, f"logging.output_dir={straight}"]),
-        log=lambda *a: None,
-    )
+    done = subprocess.run(command(straight), capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
 
     killed = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "rlvr",
-        "train",
-        "recipes/quickstart.yaml",
-        *common,
-        f"logging.output_dir={killed}",
-        "--no-plot",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step-000002").is_dir():
         assert proc.poll() is None, "the run ended before its first checkpoint"
@@ -97,7 +100,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [*command(killed), "--resume"], capture_output=True, text=True, timeout=600, env=env
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     a, b = _metrics(straight), _metrics(killed)

@@ -355,7 +355,7 @@ _BUILTIN: tuple[Preset, ...] = (
             "training.ppo_epochs": 1,
             "training.updates_per_step": 4,
         },
-        notes={"advantage": "A = r (reward 1 on the kept correct samples); needs the 'reinforce' estimator"},
+        notes={"advantage": "A = r (reward 1 on the kept correct samples): the reinforce estimator"},
     ),
     Preset(
         name="reinforce_rej",
@@ -383,7 +383,7 @@ _BUILTIN: tuple[Preset, ...] = (
             "training.ppo_epochs": 1,
             "training.updates_per_step": 4,
         },
-        notes={"advantage": "A = r, no baseline; needs the 'reinforce' estimator"},
+        notes={"advantage": "A = r, no baseline: the reinforce estimator"},
     ),
     Preset(
         name="gspo",
