@@ -9,12 +9,19 @@ thought::
 
 and stopped early, while it writes the format reliably but gets few sums right: the analogue of a
 base model before R1-Zero training. RL then has something to improve.
+
+The learning rate stays constant after a short warmup, and the run stops at a fixed step. A
+schedule decayed to zero at the stopping point gives a model that is stopped in the middle of a
+sharp transition (greedy accuracy 5% at step 210, 14% at 220, 42% at 240), whose samples at
+temperature 1 are rarely right (3%): most GRPO groups then have all rewards equal and the few
+updates lower the accuracy. At a constant rate the model at 14% greedy accuracy is more confident
+(entropy 0.26 instead of 0.59 nats per token) and its samples are right about as often as its
+greedy answers (13%), so most groups of 8 samples hold both right and wrong answers.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -37,7 +44,7 @@ class ToyBuildConfig:
     num_kv_heads: int = 2
     intermediate_size: int = 352
     max_positions: int = 128
-    sft_steps: int = 220
+    sft_steps: int = 260
     sft_batch: int = 64
     sft_lr: float = 3e-3
     sft_problems: int = 2000
@@ -113,7 +120,8 @@ def greedy_accuracy(model, tokenizer, problems, max_new_tokens: int = 48) -> flo
     engine = HFEngine(model, tokenizer)
     prompts = [tokenizer(p.question)["input_ids"] for p in problems]
     completions = engine.generate(
-        prompts, SamplingParams(n=1, max_new_tokens=max_new_tokens, temperature=0.0, stop_strings=("</answer>",))
+        prompts,
+        SamplingParams(n=1, max_new_tokens=max_new_tokens, temperature=0.0, stop_strings=("</answer>",)),
     )
     result = resolve_reward("arithmetic")(RewardBatch([c.text for c in completions], list(problems)))
     return sum(result.correct or []) / max(1, len(problems))
@@ -130,9 +138,7 @@ def build_toy(output_dir: str | Path, cfg: ToyBuildConfig = ToyBuildConfig(), lo
     pairs = [(p.question, sft_completion(p.question, p.answer)) for p in task.train]
     rng = random.Random(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / cfg.sft_steps))
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20))
     model.train()
     start = time.time()
     for step in range(cfg.sft_steps):

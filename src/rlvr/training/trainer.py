@@ -67,6 +67,8 @@ class Trainer:
         c = config
         self.out = Path(c.logging.output_dir)
         self.device = resolve_device(c.training.device)
+        if c.training.cpu_threads is not None:
+            torch.set_num_threads(c.training.cpu_threads)
         random.seed(c.training.seed)
         torch.manual_seed(c.training.seed)
         self.tokenizer = load_tokenizer(c.model)
