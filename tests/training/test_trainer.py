@@ -112,3 +112,17 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
             if key.startswith(("time/", "throughput/", "memory/")) or key == "time":
                 continue
             assert b[step][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)
+
+
+def test_rollout_logprobs_match_the_trainer_so_the_first_ratio_is_one(tmp_path):
+    """The engine's logprobs are those the update recomputes: before the first update the
+    importance ratio is 1 on every token (float32), or the clipped loss would be off from step 0."""
+    from rlvr.training.trainer import Trainer
+
+    config = load_config(
+        "recipes/quickstart.yaml", [*TINY, "training.steps=1", f"logging.output_dir={tmp_path}"]
+    )
+    metrics = Trainer(config, log=lambda *a: None).train_step(0)
+    assert metrics["policy/ratio_max"] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["policy/ratio_min"] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["policy/clipfrac_low"] == 0.0 and metrics["policy/clipfrac_high"] == 0.0
