@@ -42,8 +42,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from results_file import RESULTS, append_to_section
+
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## Rollout engine throughput"
 ENGINES = ("hf_engine", "model.generate")
 
@@ -243,18 +244,7 @@ def main() -> None:
             f"no GPU, load average {load_before:.1f} at the start (shared machine), torch {torch.__version__}, "
             f"transformers {transformers.__version__}, torch.set_num_threads({args.threads}):\n\n{table}\n"
         )
-        append_to_section(entry)
-
-
-def append_to_section(entry: str) -> None:
-    """Add ``entry`` at the end of this benchmark's section of RESULTS.md (created when missing)."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n"
-    start = text.index(SECTION) + len(SECTION)
-    end = text.find("\n## ", start)
-    end = len(text) if end < 0 else end
-    RESULTS.write_text(text[:end].rstrip("\n") + "\n\n" + entry.rstrip("\n") + "\n" + text[end:])
+        append_to_section(SECTION, entry)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results_file import append_to_section
 from trl_step import (
     RECIPE,
     REPO,
+    SECTION,
     TRLReward,
-    append_to_section,
     load_toy,
     peak_rss_mb,
     provenance,
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
             f"`python benchmarks/trl_learning.py --minutes {args.minutes:g} --lrs {' '.join(f'{lr:g}' for lr in lrs)} "
             f"--threads {args.threads}`"
         )
-        append_to_section(f"Learning speed, {command} ({title}; {os.cpu_count()} cores):\n\n{table}")
+        append_to_section(SECTION, f"Learning speed, {command} ({title}; {os.cpu_count()} cores):\n\n{table}")
 
 
 if __name__ == "__main__":

@@ -59,8 +59,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results_file import RESULTS, append_to_section
+
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## rlvr against TRL's GRPOTrainer"
 RECIPE = REPO / "recipes" / "quickstart.yaml"
 TRL_HINT = (
@@ -279,17 +280,6 @@ def run_child(script: Path, args: list[str], threads: int, timeout: float | None
         if proc.returncode != 0 or not result.is_file():
             sys.exit(f"child run failed (exit {proc.returncode}): {' '.join(cmd)}")
         return json.loads(result.read_text())
-
-
-def append_to_section(entry: str) -> None:
-    """Add ``entry`` at the end of this comparison's section of RESULTS.md (created when missing)."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n"
-    start = text.index(SECTION) + len(SECTION)
-    end = text.find("\n## ", start)
-    end = len(text) if end < 0 else end
-    RESULTS.write_text(text[:end].rstrip("\n") + "\n\n" + entry.rstrip("\n") + "\n" + text[end:])
 
 
 # --- the two sides -----------------------------------------------------------------------------
@@ -516,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
             + table(results)
             + f"\n\nMedian s/step of each run: {medians}."
         )
-        append_to_section(entry)
+        append_to_section(SECTION, entry)
 
 
 if __name__ == "__main__":

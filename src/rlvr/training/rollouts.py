@@ -9,6 +9,7 @@ trains on the same number of groups. Every round's counts are reported (``filter
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +17,31 @@ from typing import Any
 import torch
 
 from rlvr.algorithms.filters import apply_filters, filter_stages
-from rlvr.distributed import all_reduce_sum
-from rlvr.rewards.base import RewardBatch
+from rlvr.distributed import all_reduce_max, all_reduce_sum
+from rlvr.rewards.base import RewardBatch, RewardResult
 from rlvr.rollout.types import Completion, SamplingParams
 from rlvr.tasks.base import Problem
+
+
+def score_completions(
+    reward: Any, completions: list[Completion], problems: list[Problem], n: int, max_response_length: int
+) -> tuple[RewardResult, list[bool]]:
+    """Score ``n`` completions of each of ``problems`` (in order); also return which are correct.
+
+    Without a verifier in the reward, a completion counts as correct when its reward is positive.
+    """
+    result = reward(
+        RewardBatch(
+            completions=[c.text for c in completions],
+            problems=[p for p in problems for _ in range(n)],
+            response_lengths=[len(c.token_ids) for c in completions],
+            group_ids=[g for g in range(len(problems)) for _ in range(n)],
+            truncated=[c.finish_reason == "length" for c in completions],
+            max_response_length=max_response_length,
+        )
+    )
+    correct = result.correct if result.correct is not None else [v > 0 for v in result.values]
+    return result, correct
 
 
 @dataclass
@@ -65,36 +87,23 @@ class RolloutCollector:
         metrics: dict[str, float] = {}
         timings = {"time/generate": 0.0, "time/reward": 0.0}
         drawn = rounds = 0
-        all_rewards: list[float] = []
         while len(kept) < self.prompts_per_step and rounds < self.max_rounds:
             rounds += 1
             indices = self.sampler.sample(self.prompts_per_step, step)
             drawn += len(indices)
             t0 = time.perf_counter()
-            sampling = SamplingParams(
-                **{**self.sampling.__dict__, "seed": self.sampling.seed + 7919 * step + rounds}
-            )
+            sampling = dataclasses.replace(self.sampling, seed=self.sampling.seed + 7919 * step + rounds)
             completions = self.engine.generate([self.prompt_ids[i] for i in indices], sampling)
             t1 = time.perf_counter()
-            problems = [self.problems[i] for i in indices for _ in range(n)]
-            result = self.reward(
-                RewardBatch(
-                    completions=[c.text for c in completions],
-                    problems=problems,
-                    response_lengths=[len(c.token_ids) for c in completions],
-                    group_ids=[g for g in range(len(indices)) for _ in range(n)],
-                    truncated=[c.finish_reason == "length" for c in completions],
-                    max_response_length=self.sampling.max_new_tokens,
-                )
+            result, correct = score_completions(
+                self.reward, completions, [self.problems[i] for i in indices], n, self.sampling.max_new_tokens
             )
             timings["time/generate"] += t1 - t0
             timings["time/reward"] += time.perf_counter() - t1
-            correct = result.correct if result.correct is not None else [v > 0 for v in result.values]
             outcomes = result.outcomes or ["correct" if c else "wrong" for c in correct]
             if rounds == 1:  # the metrics of the first round describe the policy's samples unfiltered
                 metrics.update(result.metrics)
                 metrics.update(self._response_metrics(completions, correct))
-            all_rewards.extend(result.values)
             self.sampler.update(indices, [sum(correct[g * n : (g + 1) * n]) / n for g in range(len(indices))])
             groups = [
                 ScoredGroup(
@@ -161,8 +170,6 @@ class RolloutCollector:
                 ]
             )
         )
-        from rlvr.distributed import all_reduce_max
-
         longest = all_reduce_max(lengths.max()).item() if len(completions) else 0.0
         n_ok, n_wrong = stats[3].item(), n.item() - stats[3].item()
         return {

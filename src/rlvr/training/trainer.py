@@ -32,7 +32,6 @@ from rlvr.algorithms.samplers import PromptSampler, difficulties_from_problems
 from rlvr.algorithms.validation import needs_reference_model
 from rlvr.config import Config, to_dict
 from rlvr.distributed import rank
-from rlvr.rewards.base import RewardBatch
 from rlvr.rewards.composite import CompositeReward
 from rlvr.rollout.hf_engine import HFEngine
 from rlvr.rollout.types import SamplingParams
@@ -45,7 +44,7 @@ from rlvr.training.model import (
     resolve_device,
     save_model_dir,
 )
-from rlvr.training.rollouts import RolloutCollector, ScoredGroup
+from rlvr.training.rollouts import RolloutCollector, ScoredGroup, score_completions
 from rlvr.training.setup import build_optimizer, build_task, tokenize_prompts
 from rlvr.training.update import UpdateSettings, compute_logprobs, policy_update
 
@@ -135,7 +134,7 @@ class Trainer:
             return metrics
         batch = self._make_batch(rollouts.groups).to(self.device)
         t1 = time.perf_counter()
-        if self.update_settings.temperature and self._needs_recompute():
+        if self._needs_recompute():
             batch.old_logprobs = compute_logprobs(
                 self.model, batch, self.update_settings.temperature, c.training.micro_batch_tokens
             )
@@ -249,17 +248,9 @@ class Trainer:
                 seed=self.config.training.seed + 1,
             ),
         )
-        result = self.reward(
-            RewardBatch(
-                completions=[c.text for c in completions],
-                problems=[p for p in problems for _ in range(n)],
-                response_lengths=[len(c.token_ids) for c in completions],
-                group_ids=[i for i in range(len(problems)) for _ in range(n)],
-                truncated=[c.finish_reason == "length" for c in completions],
-                max_response_length=e.max_new_tokens or self.config.rollout.max_new_tokens,
-            )
+        result, correct = score_completions(
+            self.reward, completions, problems, n, e.max_new_tokens or self.config.rollout.max_new_tokens
         )
-        correct = result.correct if result.correct is not None else [v > 0 for v in result.values]
         return {
             "eval/accuracy": sum(correct) / len(correct),
             "eval/reward": sum(result.values) / len(result.values),
