@@ -1,11 +1,21 @@
-"""Does every critic-free preset learn? Train the embedded toy model with each and compare.
+"""Does every preset learn? Train the embedded toy model with each and compare.
 
 Each preset keeps its own algorithm (estimator, loss, aggregation, KL, filters, clip ranges); the
 budget is the same for all and sized for the toy task, overriding the papers' batch sizes:
 16 prompts x 8 samples per step, 48 new tokens, lr 1e-4 with 10 warmup steps, one optimizer step
 per rollout step, one CPU thread. Greedy held-out accuracy (200 problems) before and after.
 
+The critic-based presets (``ppo``, ``vapo``) also get a critic learning rate for this scale
+(``CRITIC_BUDGET``): the papers' critic/actor ratios (Open-Reasoner-Zero 5e-6 / 1e-6, VAPO
+2e-6 / 1e-6) applied to the toy budget's actor rate of 1e-4, i.e. 5e-4 and 2e-4. Everything else
+stays the preset's: ``ppo``'s 12 critic updates per step, ``vapo``'s 50 value-pretraining steps
+(their wall time is included in the run's time).
+
+A run is a preset name, optionally followed by ``+key=value`` overrides applied last, so that an
+ablation runs beside its preset with the same seed:
+
     python benchmarks/preset_learning.py --steps 100 [--presets grpo,dapo] [--output FILE.md]
+    python benchmarks/preset_learning.py --steps 100 --presets ppo,vapo,vapo+critic.pretrain_steps=0
 """
 
 from __future__ import annotations
@@ -46,42 +56,67 @@ TOY_BUDGET = [
     "logging.tensorboard=false",
 ]
 
+CRITIC_BUDGET = {
+    "ppo": ["critic.lr=5e-4"],
+    "vapo": ["critic.lr=2e-4"],
+}
+"""Critic learning rates for the toy budget: the papers' critic/actor ratios times the actor's 1e-4."""
+
+
+def run_overrides(run: str, steps: int, output_dir: Path) -> list[str]:
+    """The config overrides of ``run`` (``preset`` or ``preset+key=value+...``) on the toy budget."""
+    name, *extra = run.split("+")
+    return [
+        f"preset={name}",
+        *TOY_BUDGET,
+        *CRITIC_BUDGET.get(name, []),
+        f"training.steps={steps}",
+        f"logging.output_dir={output_dir}",
+        *extra,
+    ]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--presets", default=None, help="comma-separated (default: every critic-free preset)")
+    parser.add_argument(
+        "--presets",
+        default=None,
+        help="comma-separated runs, each a preset name with optional +key=value overrides "
+        "(default: every critic-free preset)",
+    )
     parser.add_argument("--output", default=None, help="also write the markdown table here")
     args = parser.parse_args()
-    names = (
+    runs = (
         args.presets.split(",")
         if args.presets
         else [n for n in PRESETS.names() if not needs_critic(PRESETS.get(n).algorithm)]
     )
     rows = []
-    for name in names:
-        out = Path(tempfile.mkdtemp(prefix=f"rlvr-preset-{name}-"))
-        config = load_config(
-            None, [f"preset={name}", *TOY_BUDGET, f"training.steps={args.steps}", f"logging.output_dir={out}"]
-        )
+    for run in runs:
+        out = Path(tempfile.mkdtemp(prefix=f"rlvr-preset-{run.split('+')[0]}-"))
+        config = load_config(None, run_overrides(run, args.steps, out))
         start = time.perf_counter()
         result = train(config, log=lambda *a: None)
         seconds = time.perf_counter() - start
         before, after = result.eval_before["eval/accuracy"], result.eval_after["eval/accuracy"]
-        rows.append((name, before, after, seconds))
+        rows.append((run, before, after, seconds))
         print(
-            json.dumps({"preset": name, "before": before, "after": after, "seconds": round(seconds, 1)}),
+            json.dumps(
+                {"run": run, "before": before, "after": after, "seconds": round(seconds, 1), "dir": str(out)}
+            ),
             flush=True,
         )
     table = [
         f"| preset | held-out before | after {args.steps} steps | change | wall time |",
         "|---|---|---|---|---|",
     ]
-    for name, before, after, seconds in rows:
+    for run, before, after, seconds in rows:
+        name = " ".join(f"`{part}`" for part in run.split("+"))
         table.append(
-            f"| `{name}` | {before:.1%} | {after:.1%} | {100 * (after - before):+.1f} pts | {seconds:.0f} s |"
+            f"| {name} | {before:.1%} | {after:.1%} | {100 * (after - before):+.1f} pts | {seconds:.0f} s |"
         )
     text = "\n".join(table)
     print(text)

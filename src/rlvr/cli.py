@@ -1,6 +1,7 @@
 """The ``rlvr`` command line: thin — parse, build, call.
 
 rlvr train CONFIG [key=value ...] [--resume]
+rlvr eval [MODEL_OR_RUN_DIR] [CONFIG.yaml] [key=value ...] [--benchmarks a,b] [--n N] ...
 rlvr config show [CONFIG] [key=value ...]
 rlvr presets
 rlvr toy build [--output DIR] [--seed N]
@@ -47,6 +48,46 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+EVAL_FLAGS = (
+    # flag, config key, type, help
+    ("--benchmarks", "benchmarks", str, "comma-separated: shipped names, files, or 'task'"),
+    ("--n", "n", int, "samples per problem"),
+    ("--temperature", "temperature", float, "0 decodes greedily (n = 1)"),
+    ("--top-p", "top_p", float, "nucleus sampling mass"),
+    ("--top-k", "top_k", int, "top-k sampling (0 disables)"),
+    ("--template", "template", str, "prompt template (r1, r1_zero, r1_chat, qwen_boxed, chat, plain)"),
+    ("--max-new-tokens", "max_new_tokens", int, "generation budget per completion"),
+    ("--num-problems", "num_problems", int, "evaluate the first N problems of each benchmark"),
+    ("--checkpoint", "checkpoint", str, "run directories: final, latest, all, or a step number"),
+    ("--completions", "completions", str, "re-score this file of completions instead of generating"),
+    ("--output", "output_dir", str, "output directory"),
+    ("--seed", "seed", int, "sampling seed"),
+)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from rlvr.evaluation.config import load_eval_config
+    from rlvr.evaluation.run import run_evaluation
+
+    config_path, model, overrides = None, None, []
+    for item in args.items:
+        if "=" in item:
+            overrides.append(item)
+        elif item.endswith((".yaml", ".yml")):
+            config_path = item
+        elif model is None:
+            model = item
+        else:
+            raise RLVRError(f"two models given ({model!r} and {item!r}); evaluate one at a time")
+    flags = {key: getattr(args, key) for _, key, _, _ in EVAL_FLAGS}
+    if flags["benchmarks"] is not None:
+        flags["benchmarks"] = [b.strip() for b in flags["benchmarks"].split(",") if b.strip()]
+    flags["model"] = model
+    flags["overwrite"] = True if args.overwrite else None
+    run_evaluation(load_eval_config(config_path, overrides, flags))
+    return 0
+
+
 def _config_show(args: argparse.Namespace) -> int:
     from rlvr.config import format_config, load_config
 
@@ -80,6 +121,13 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_settings_help() -> str:
+    from rlvr.config import describe
+    from rlvr.evaluation.config import EvalRunConfig
+
+    return "\n".join(f"{key} = {value!r}    # {doc}" for key, value, doc in describe(None, EvalRunConfig))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rlvr.config import format_config
 
@@ -102,6 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-plot", dest="plot", action="store_false", help="do not write plots at the end")
     train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="evaluate a model, a run's checkpoints, or a file of completions",
+        description="Evaluate MODEL_OR_RUN_DIR (a model directory, hub name, 'toy', or an rlvr train run "
+        "directory) on benchmarks: pass@k, maj@k, avg@n. A YAML file and key=value items set any of the "
+        "settings below; flags win over both. Settings, with defaults and meanings:",
+        epilog=_eval_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument("items", nargs="*", metavar="MODEL_OR_RUN_DIR | CONFIG.yaml | key=value")
+    for flag, key, kind, text in EVAL_FLAGS:
+        evaluate.add_argument(flag, dest=key, type=kind, default=None, help=text)
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="discard samples of other settings in the output directory"
+    )
+    evaluate.set_defaults(func=_eval)
 
     config = sub.add_parser("config", help="inspect configs")
     config_sub = config.add_subparsers(dest="config_command", required=True)

@@ -117,6 +117,26 @@ class OptimConfig:
 
 
 @dataclass
+class CriticConfig:
+    path: str | None = None
+    """Initial weights of the value model: a causal LM directory or hub name; None: model.path (the policy's)."""
+    lr: float = 5e-6
+    """Peak learning rate of the critic's own AdamW (betas, eps, weight decay and min_lr_ratio are optim's)."""
+    warmup_steps: int = 0
+    """Critic optimizer steps of linear warmup from 0 (value pretraining steps count)."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """Critic learning-rate schedule after warmup."""
+    max_grad_norm: float = 1.0
+    """Clip the critic's gradient norm to this (0 disables)."""
+    updates_per_step: int | None = None
+    """Critic optimizer steps per epoch; None: one on each of the policy's mini-batches (the same rows)."""
+    pretrain_steps: int = 0
+    """Value pretraining (VAPO sec. 3.1): rollout steps of the initial policy that train only the critic first."""
+    lora_rank: int = 0
+    """LoRA rank of the critic's transformer (alpha, dropout, modules: model.lora_*); 0 trains all weights."""
+
+
+@dataclass
 class TrainingConfig:
     steps: int = 100
     """Training steps (one step = one batch of rollouts and its updates)."""
@@ -140,15 +160,25 @@ class TrainingConfig:
 @dataclass
 class EvalConfig:
     every: int = 0
-    """Evaluate on the task's held-out split every N steps (0: only before and after training)."""
+    """Evaluate every N steps (0: only before and after training)."""
+    benchmarks: list[str] = field(default_factory=lambda: ["task"])
+    """What is evaluated: 'task' (the task's held-out split, with its template and rewards), shipped
+    benchmarks (math500, gsm8k, aime24, ...) or local .jsonl/.json/.parquet files in the math format."""
     num_problems: int | None = 200
-    """Held-out problems evaluated (None: all)."""
+    """Problems evaluated per benchmark: the first N (None: all)."""
     samples_per_problem: int = 1
-    """Completions per problem; 1 with temperature 0 is greedy accuracy."""
+    """Completions per problem; temperature 0 always takes 1 (greedy accuracy)."""
     temperature: float = 0.0
     """0 decodes greedily."""
     max_new_tokens: int | None = None
     """None uses rollout.max_new_tokens."""
+    template: str | None = None
+    """Prompt template of the benchmarks; None: the task's."""
+    best_metric: str | None = None
+    """Keep the model with the best value of this logged metric in RUN_DIR/best (for example
+    eval/accuracy or eval/math500/avg@1); None keeps none."""
+    best_mode: Literal["max", "min"] = "max"
+    """Whether a higher or a lower best_metric is better."""
 
 
 @dataclass
@@ -182,6 +212,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -233,7 +264,7 @@ def check_keys(data: Any, cls: type = Config, prefix: str = "", origin: str = ""
 # --- loading -------------------------------------------------------------------------------
 
 
-def _parse_overrides(overrides: list[str]) -> dict[str, Any]:
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     for item in overrides:
@@ -244,7 +275,7 @@ def _parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=True)  # type: ignore[return-value]
 
 
-def _read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
 
     path = Path(path)
@@ -280,26 +311,27 @@ def _preset_layer(name: str) -> dict[str, Any]:
     return layer
 
 
-def _merge(layers: list[tuple[str, dict[str, Any]]]) -> Config:
+def merge_layers(layers: list[tuple[str, dict[str, Any]]], cls: type = Config) -> Any:
+    """The ``cls`` instance made of its defaults and ``layers`` (origin, nested dict), later ones winning."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    merged = OmegaConf.structured(Config)
+    merged = OmegaConf.structured(cls)
     for origin, layer in layers:
-        check_keys(layer, Config, "", origin)
+        check_keys(layer, cls, "", origin)
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as e:
             key = getattr(e, "full_key", None) or "?"
             msg = str(e).splitlines()[0]
             raise ConfigError(f"setting '{key}' ({origin}): {msg}") from None
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    return OmegaConf.to_object(merged)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The validated run config from defaults, the preset, the YAML file and the overrides."""
-    file_layer = _read_yaml(path) if path is not None else {}
-    cli_layer = _parse_overrides(list(overrides))
+    file_layer = read_yaml(path) if path is not None else {}
+    cli_layer = parse_overrides(list(overrides))
     preset = cli_layer.get("preset", file_layer.get("preset"))
     layers: list[tuple[str, dict[str, Any]]] = []
     if preset:
@@ -310,7 +342,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         layers.append((str(path), file_layer))
     if cli_layer:
         layers.append(("command line", cli_layer))
-    config = _merge(layers)
+    config = merge_layers(layers)
     validate_config(config)
     return config
 
@@ -357,7 +389,61 @@ def validate_config(config: Config) -> None:
             TEMPLATES.get(config.task.template)
         except Exception as e:
             raise ConfigError(f"setting 'task.template': {e}") from None
+    validate_eval_settings(config.eval)
     validate_algorithm_config(config.algorithm)
+    _validate_critic(config.critic)
+
+
+def validate_eval_settings(e: EvalConfig) -> None:
+    """The eval section: counts positive, benchmarks known, template known, best_metric an eval metric."""
+    if e.every < 0:
+        raise ConfigError(f"setting 'eval.every' must be >= 0, got {e.every}")
+    for key, value in (("eval.num_problems", e.num_problems), ("eval.max_new_tokens", e.max_new_tokens)):
+        if value is not None:
+            _positive(value, key)
+    _positive(e.samples_per_problem, "eval.samples_per_problem")
+    if e.temperature < 0:
+        raise ConfigError(f"setting 'eval.temperature' must be >= 0, got {e.temperature}")
+    if not e.benchmarks:
+        raise ConfigError("setting 'eval.benchmarks' is empty; use [task] for the task's held-out split")
+    from rlvr.evaluation.sets import is_benchmark_file
+    from rlvr.tasks.benchmarks import BENCHMARKS
+
+    valid = [*BENCHMARKS.names(), "task"]
+    for name in e.benchmarks:
+        if name not in valid and not is_benchmark_file(name):
+            raise ConfigError(
+                f"setting 'eval.benchmarks': unknown benchmark '{name}'{nearest_name_hint(name, valid)} "
+                f"(valid: {', '.join(valid)}, or a .jsonl/.json/.parquet file)"
+            )
+    if e.template is not None:
+        from rlvr.tasks.templates import TEMPLATES
+
+        try:
+            TEMPLATES.get(e.template)
+        except Exception as err:
+            raise ConfigError(f"setting 'eval.template': {err}") from None
+    if e.best_metric is not None and not e.best_metric.startswith("eval/"):
+        raise ConfigError(
+            f"setting 'eval.best_metric' must name an evaluation metric (eval/accuracy, eval/<benchmark>/avg@1, ...), "
+            f"got {e.best_metric!r}"
+        )
+
+
+def _validate_critic(c: CriticConfig) -> None:
+    _positive(c.lr, "critic.lr")
+    for key, value in (
+        ("critic.warmup_steps", c.warmup_steps),
+        ("critic.max_grad_norm", c.max_grad_norm),
+        ("critic.pretrain_steps", c.pretrain_steps),
+        ("critic.lora_rank", c.lora_rank),
+    ):
+        if value < 0:
+            raise ConfigError(f"setting '{key}' must be >= 0, got {value}")
+    if c.updates_per_step is not None:
+        _positive(c.updates_per_step, "critic.updates_per_step")
+    if c.path is not None and not c.path.strip():
+        raise ConfigError("setting 'critic.path' is empty; leave it unset to start from model.path")
 
 
 # --- help ----------------------------------------------------------------------------------

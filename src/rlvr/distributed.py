@@ -41,3 +41,12 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return out
+
+
+def gather_objects(obj: object) -> list[object]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` without a process group)."""
+    if not is_distributed():
+        return [obj]
+    out: list[object] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out

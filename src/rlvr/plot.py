@@ -21,8 +21,8 @@ from rlvr.logging import METRICS_FILE, read_metrics
 #: (file name, title, pattern of the metric names drawn in it). A metric may appear in several panels.
 PANELS: tuple[tuple[str, str, str], ...] = (
     ("reward", "Reward and accuracy", r"^(reward/(mean|total|accuracy|correct)|reward|accuracy)$"),
-    ("eval", "Held-out evaluation", r"^eval/(?!length)"),
-    ("response_length", "Response length (tokens)", r"^response/length|^eval/length"),
+    ("eval", "Held-out evaluation", r"^eval/(accuracy$|.*/(avg|pass|maj)@\d+$)"),
+    ("response_length", "Response length (tokens)", r"^response/length|^eval/(.*/)?length_mean$"),
     ("kl", "KL divergence", r"^kl/|(^|/)approx_kl$"),
     ("entropy", "Entropy", r"^entropy/"),
     ("clip_fraction", "Clip fractions", r"clipfrac|clip_cov_frac|kl_cov_frac"),

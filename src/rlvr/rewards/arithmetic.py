@@ -46,9 +46,11 @@ def arithmetic_reward(batch: RewardBatch) -> RewardResult:
     values: list[float] = []
     correct: list[bool] = []
     outcomes: list[Outcome] = []
+    answers: list[str | None] = []
     for completion, problem in zip(batch.completions, batch.problems, strict=True):
         gold = _gold(problem)
         block = last_answer_block(completion)
+        answers.append(None if block is None else block.strip())
         if block is None:
             outcome: Outcome = "no_answer"
         else:
@@ -58,4 +60,4 @@ def arithmetic_reward(batch: RewardBatch) -> RewardResult:
         values.append(1.0 if outcome == "correct" else 0.0)
     n = max(len(values), 1)
     metrics = {"accuracy": sum(correct) / n, "no_answer_rate": outcomes.count("no_answer") / n}
-    return RewardResult(values=values, metrics=metrics, correct=correct, outcomes=outcomes)
+    return RewardResult(values=values, metrics=metrics, correct=correct, outcomes=outcomes, answers=answers)

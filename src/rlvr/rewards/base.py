@@ -58,6 +58,9 @@ class RewardResult:
     """Verifiers only: whether each completion's answer is right."""
     outcomes: list[Outcome] | None = None
     """Verifiers only: correct / wrong / no_answer per completion."""
+    answers: list[str | None] | None = None
+    """Verifiers that extract a final answer: that answer per completion (None: none), which
+    evaluation's majority vote groups into classes."""
 
 
 RewardFn = Callable[..., RewardResult]

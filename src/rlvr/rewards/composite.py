@@ -179,6 +179,8 @@ def _check_result(name: str, result: object, n: int) -> RewardResult:
         bad = [o for o in result.outcomes if o not in OUTCOMES]
         if bad:
             raise RLVRError(f"reward '{name}' returned outcome {bad[0]!r}; valid: {', '.join(OUTCOMES)}")
+    if result.answers is not None and len(result.answers) != n:
+        raise ShapeError(f"reward '{name}' returned {len(result.answers)} answers for {n} completions")
     return result
 
 
@@ -218,6 +220,7 @@ class CompositeReward:
         extra_metrics: dict[str, float] = {}
         verifier: str | None = None
         outcomes: list[Outcome] | None = None
+        answers: list[str | None] | None = None
         for component in self.components:
             result = _check_result(component.name, component.fn(batch, **component.params), n)
             if result.correct is not None:
@@ -226,7 +229,7 @@ class CompositeReward:
                         f"rewards '{verifier}' and '{component.name}' both return `correct`; "
                         "use one verifier per task"
                     )
-                verifier, outcomes = component.name, result.outcomes
+                verifier, outcomes, answers = component.name, result.outcomes, result.answers
                 batch = dataclasses.replace(batch, correct=[bool(c) for c in result.correct])
             for i, value in enumerate(result.values):
                 total[i] += component.weight * float(value)
@@ -243,7 +246,9 @@ class CompositeReward:
                 means[f"reward/outcome/{outcome}"] = [float(o == outcome) for o in outcomes]
         metrics = _global_means(means, n)
         metrics.update(extra_metrics)
-        return RewardResult(values=total, metrics=metrics, correct=batch.correct, outcomes=outcomes)
+        return RewardResult(
+            values=total, metrics=metrics, correct=batch.correct, outcomes=outcomes, answers=answers
+        )
 
 
 def _global_means(columns: dict[str, list[float]], n: int) -> dict[str, float]:

@@ -292,4 +292,5 @@ def math_reward(
         metrics=grades.metrics(),
         correct=correct,
         outcomes=grades.outcomes,
+        answers=grades.answers,
     )

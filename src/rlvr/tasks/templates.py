@@ -13,6 +13,7 @@ where the answer goes (``answer_slot``), which is what the graders' strict mode 
 * ``r1_chat``: the R1 instruction as a system message, for chat models. Answer slot: ``<answer>``.
 * ``chat``: the question alone as a user message. Answer slot: none (the grader looks anywhere).
 * ``plain``: the question alone, as text.
+* ``r1``: another name for ``r1_zero``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ TEMPLATES: Registry[Template] = Registry("prompt template")
 for _t in (
     Template(
         "r1_zero", "text", "answer_tag", True, prefix=f"{R1_INSTRUCTION} User: ", suffix=" Assistant: <think>"
+    ),
+    Template(
+        "r1", "text", "answer_tag", True, prefix=f"{R1_INSTRUCTION} User: ", suffix=" Assistant: <think>"
     ),
     Template("r1_chat", "chat", "answer_tag", False, system=R1_INSTRUCTION),
     Template("qwen_boxed", "chat", "boxed", False, system=QWEN_BOXED_INSTRUCTION),

@@ -12,6 +12,7 @@ algorithm's name.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import random
@@ -29,13 +30,15 @@ from rlvr.algorithms.config import hyperparameters_for
 from rlvr.algorithms.filters import apply_filters, filter_stages, sequence_advantages
 from rlvr.algorithms.kl import fold_kl_into_rewards, kl_penalty
 from rlvr.algorithms.samplers import PromptSampler, difficulties_from_problems
-from rlvr.algorithms.validation import needs_reference_model
-from rlvr.config import Config, to_dict
+from rlvr.algorithms.validation import needs_critic, needs_reference_model
+from rlvr.config import Config, CriticConfig, to_dict
 from rlvr.distributed import rank
+from rlvr.evaluation.in_training import BestModel, TrainingEvaluator
 from rlvr.rewards.composite import CompositeReward
 from rlvr.rollout.hf_engine import HFEngine
 from rlvr.rollout.types import SamplingParams
 from rlvr.training.batch import RolloutBatch, make_batch
+from rlvr.training.critic import Critic, value_metrics
 from rlvr.training.model import (
     ReferenceModel,
     count_parameters,
@@ -44,9 +47,14 @@ from rlvr.training.model import (
     resolve_device,
     save_model_dir,
 )
-from rlvr.training.rollouts import RolloutCollector, ScoredGroup, score_completions
+from rlvr.training.rollouts import RolloutCollector, ScoredGroup
 from rlvr.training.setup import build_optimizer, build_task, tokenize_prompts
-from rlvr.training.update import UpdateSettings, compute_logprobs, policy_update
+from rlvr.training.update import UpdateSettings, compute_logprobs, minibatch_schedule, policy_update
+
+CRITIC_PRETRAIN_FILE = "critic_pretrain.jsonl"
+"""One line per value-pretraining step, in the run directory."""
+PRETRAIN_SEED_OFFSET = 1_000_003
+"""Value pretraining samples with seeds of its own, never those of a training step."""
 
 
 @dataclass
@@ -86,8 +94,20 @@ class Trainer:
             else None,
         )
         self.engine = HFEngine(self.model, self.tokenizer, max_batch_sequences=c.rollout.max_batch_sequences)
+        self.evaluator = TrainingEvaluator(c, self.task)
+        self.best_model = (
+            BestModel(self.out, c.eval.best_metric, c.eval.best_mode) if c.eval.best_metric else None
+        )
         self.reference = ReferenceModel(self.model) if needs_reference_model(c.algorithm) else None
         self.optimizer, self.scheduler = build_optimizer(self.model, c)
+        self.critic: Critic | None = None
+        if needs_critic(c.algorithm):  # gae, vapo: a value model with its own optimizer
+            self.critic = Critic.from_config(c, self.device, min_vocab=len(self.tokenizer))
+        elif c.critic != CriticConfig():
+            log(
+                f"critic.* settings are not used: algorithm.advantage '{c.algorithm.advantage}' has no critic"
+            )
+        self.critic_pretrained = self.critic is None or c.critic.pretrain_steps == 0
         self.sampling = SamplingParams(
             n=c.rollout.samples_per_prompt,
             max_new_tokens=c.rollout.max_new_tokens,
@@ -134,6 +154,48 @@ class Trainer:
             return metrics
         batch = self._make_batch(rollouts.groups).to(self.device)
         t1 = time.perf_counter()
+        metrics.update(self.prepare_advantages(batch))  # old logprobs, KL, values -> advantages, returns
+        _, after = filter_stages(alg.filters)
+        if after:  # filters that need advantages (CPPO) drop completions now
+            batch = self._apply_completion_filters(batch, after, metrics)
+        schedule = minibatch_schedule(
+            batch.size,
+            epochs=c.training.ppo_epochs,
+            updates_per_epoch=c.training.updates_per_step,
+            generator=self.generator,
+        )
+        metrics.update(
+            policy_update(
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                batch=batch,
+                algorithm=alg,
+                settings=self.update_settings,
+                generator=self.generator,
+                schedule=schedule,
+            )
+        )
+        if self.critic is not None:  # the value loss toward the estimator's returns
+            metrics.update(self.critic.update(batch, self._critic_schedule(batch, schedule), alg))
+        t2 = time.perf_counter()
+        metrics["time/update"] = t2 - t1
+        metrics["time/step"] = t2 - t0
+        tokens = float(batch.response_mask.sum() + sum(batch.prompt_lengths))
+        metrics["throughput/tokens_per_s"] = tokens / max(t2 - t0, 1e-9)
+        metrics["memory/peak_gb"] = _peak_memory_gb(self.device)
+        return metrics
+
+    def prepare_advantages(self, batch: RolloutBatch) -> dict[str, float]:
+        """Fill ``batch.extra`` with everything the updates read; return the metrics.
+
+        Old logprobs (recomputed in half precision), the reference model's logprobs and the KL
+        (in the loss or folded into the token rewards), the critic's values V(s_t) at rollout time,
+        then the advantage estimator: ``advantages`` (whitened when configured) for the policy and,
+        from critic-based estimators, ``returns``, the critic's targets.
+        """
+        c, alg = self.config, self.config.algorithm
+        metrics: dict[str, float] = {}
         if self._needs_recompute():
             batch.old_logprobs = compute_logprobs(
                 self.model, batch, self.update_settings.temperature, c.training.micro_batch_tokens
@@ -156,6 +218,8 @@ class Trainer:
                 rewards = fold_kl_into_rewards(
                     rewards=rewards, kl=kl, mask=batch.response_mask, kl_coef=alg.kl_coef
                 )
+        if self.critic is not None:
+            batch.extra["values"] = self.critic.values(batch)  # [B, T] V(s_t), before any update
         estimator = ADVANTAGES.get(alg.advantage)
         adv = estimator(
             rewards=rewards,
@@ -164,31 +228,81 @@ class Trainer:
             values=batch.extra.get("values"),
             **hyperparameters_for(estimator, alg, ADVANTAGE_TENSOR_ARGS),
         )
+        metrics.update(adv.metrics)
         advantages = adv.advantages
         if alg.whiten_advantages:
             advantages = whiten_advantages(advantages, batch.response_mask)
         batch.extra["advantages"] = advantages
-        metrics.update(adv.metrics)
-        _, after = filter_stages(alg.filters)
-        if after:  # filters that need advantages (CPPO) drop completions now
-            batch = self._apply_completion_filters(batch, after, metrics)
-        metrics.update(
-            policy_update(
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                batch=batch,
-                algorithm=alg,
-                settings=self.update_settings,
-                generator=self.generator,
-            )
+        if adv.returns is not None:
+            batch.extra["returns"] = adv.returns
+        if self.critic is not None:
+            metrics.update(value_metrics(batch.extra["values"], batch.extra["returns"], batch.response_mask))
+        return metrics
+
+    def _critic_schedule(self, batch: RolloutBatch, policy_schedule: list[torch.Tensor] | None) -> list:
+        """The critic's mini-batches: the policy's, or ``critic.updates_per_step`` of its own per epoch."""
+        c = self.config
+        if policy_schedule is not None and c.critic.updates_per_step is None:
+            return policy_schedule
+        return minibatch_schedule(
+            batch.size,
+            epochs=c.training.ppo_epochs,
+            updates_per_epoch=c.critic.updates_per_step or c.training.updates_per_step,
+            generator=self.generator,
         )
-        t2 = time.perf_counter()
-        metrics["time/update"] = t2 - t1
-        metrics["time/step"] = t2 - t0
-        tokens = float(batch.response_mask.sum() + sum(batch.prompt_lengths))
-        metrics["throughput/tokens_per_s"] = tokens / max(t2 - t0, 1e-9)
-        metrics["memory/peak_gb"] = _peak_memory_gb(self.device)
+
+    # --- value pretraining ---------------------------------------------------------------------
+
+    def pretrain_critic(self) -> list[dict[str, float]]:
+        """Value pretraining (VAPO, arXiv 2504.05118 sec. 3.1): ``critic.pretrain_steps`` steps that
+        train only the critic, on Monte-Carlo returns of completions sampled from the initial policy.
+
+        The policy's weights, optimizer and schedule are untouched. Each step draws prompts from the
+        training sampler (so training starts after them in the prompt order) and samples with seeds
+        of its own. One line per step goes to ``critic_pretrain.jsonl`` (rewritten from the start:
+        a run killed during pretraining restarts it from scratch on resume; :meth:`run` saves a
+        checkpoint once it is done, so a resumed run never pretrains again).
+        """
+        from rlvr.logging import jsonable
+
+        assert self.critic is not None
+        steps = self.config.critic.pretrain_steps
+        history: list[dict[str, float]] = []
+        path = self.out / CRITIC_PRETRAIN_FILE
+        if rank() == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
+        for i in range(steps):
+            metrics = self.critic_pretrain_step(i)
+            history.append(metrics)
+            if rank() == 0:
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"pretrain_step": i + 1, **jsonable(metrics)}) + "\n")
+            every = max(self.config.logging.log_every, 1)
+            if (i + 1) % every == 0 or i + 1 == steps:
+                self.log(
+                    f"value pretraining {i + 1}/{steps}: value loss {metrics.get('value/loss', float('nan')):.4f}, "
+                    f"explained variance {metrics.get('value/explained_variance', float('nan')):.3f}, "
+                    f"value mean {metrics.get('value/mean', float('nan')):.3f} "
+                    f"vs return mean {metrics.get('value/return_mean', float('nan')):.3f}"
+                )
+        self.critic_pretrained = True
+        return history
+
+    def critic_pretrain_step(self, index: int) -> dict[str, float]:
+        """One value-pretraining step: sample, score, Monte-Carlo returns, critic updates."""
+        assert self.critic is not None
+        alg = self.config.algorithm
+        collector = copy.copy(self.collector)
+        collector.sampling = dataclasses.replace(
+            self.sampling, seed=self.sampling.seed + PRETRAIN_SEED_OFFSET + 7919 * index
+        )
+        rollouts = collector.collect(0)
+        if not rollouts.groups:
+            return {"critic/skipped_updates": 1.0}
+        batch = self._make_batch(rollouts.groups).to(self.device)
+        metrics = self.critic.pretrain_step(batch, self._critic_schedule(batch, None), alg)
+        metrics.update({k: v for k, v in rollouts.metrics.items() if k.startswith("reward/")})
         return metrics
 
     def _needs_recompute(self) -> bool:
@@ -228,34 +342,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Held-out accuracy on the task's test split (greedy by default)."""
-        e = self.config.eval
-        problems = self.task.test[: e.num_problems] if e.num_problems else self.task.test
-        if not problems:
-            return {}
-        prompts = tokenize_prompts(
-            problems, self.task.template, self.tokenizer, self.config.rollout.max_prompt_tokens
-        )
-        n = e.samples_per_problem if e.temperature > 0 else 1
-        completions = self.engine.generate(
-            prompts,
-            SamplingParams(
-                n=n,
-                max_new_tokens=e.max_new_tokens or self.config.rollout.max_new_tokens,
-                temperature=e.temperature,
-                top_p=self.config.rollout.top_p if e.temperature > 0 else 1.0,
-                stop_strings=self.task.stop_strings,
-                seed=self.config.training.seed + 1,
-            ),
-        )
-        result, correct = score_completions(
-            self.reward, completions, problems, n, e.max_new_tokens or self.config.rollout.max_new_tokens
-        )
-        return {
-            "eval/accuracy": sum(correct) / len(correct),
-            "eval/reward": sum(result.values) / len(result.values),
-            "eval/length_mean": sum(len(c.token_ids) for c in completions) / len(completions),
-        }
+        """The ``eval`` section's benchmarks with the current policy (:mod:`rlvr.evaluation.in_training`)."""
+        return self.evaluator(self.engine, self.tokenizer)
+
+    def _keep_best(self, metrics: dict[str, float]) -> None:
+        if self.best_model is not None and self.best_model.update(
+            self.step, metrics, self.model, self.tokenizer
+        ):
+            self.log(
+                f"best {self.best_model.metric} so far ({metrics[self.best_model.metric]:.4g}): saved to {self.best_model.dir}"
+            )
 
     # --- the run -------------------------------------------------------------------------------
 
@@ -264,12 +360,18 @@ class Trainer:
             "step": self.step,
             "sampler": self.sampler.state_dict(),
             "generator": self.generator.get_state(),
+            "critic_pretrained": self.critic_pretrained,
         }
 
     def load_trainer_state(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
         self.generator.set_state(state["generator"])
+        self.critic_pretrained = bool(state.get("critic_pretrained", self.critic_pretrained))
+
+    def _extra_states(self) -> dict[str, Any] | None:
+        """Checkpointed beside the policy: the critic (weights, optimizer, schedule) as critic.pt."""
+        return {"critic": self.critic} if self.critic is not None else None
 
     def save(self) -> Path:
         from rlvr.training.checkpoint import save_checkpoint
@@ -283,6 +385,7 @@ class Trainer:
             scheduler=self.scheduler,
             trainer_state=self.trainer_state(),
             keep_last=self.config.checkpoint.keep_last,
+            extra_states=self._extra_states(),
         )
 
     def resume(self) -> bool:
@@ -292,7 +395,13 @@ class Trainer:
         path = latest_checkpoint(self.out)
         if path is None:
             return False
-        state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        state = load_checkpoint(
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            extra_states=self._extra_states(),
+        )
         self.load_trainer_state(state)
         self.log(f"resumed from {path} at step {self.step}")
         return True
@@ -313,6 +422,8 @@ class Trainer:
             f"{c.rollout.prompts_per_step} prompts x {c.rollout.samples_per_prompt} samples = {per_step} completions "
             f"per step, {c.training.updates_per_step} optimizer step(s) per epoch, {c.training.ppo_epochs} epoch(s)"
         )
+        if self.critic is not None:
+            self.log(self.critic.describe())
         logger = MetricsLogger(
             self.out,
             tensorboard=c.logging.tensorboard,
@@ -328,6 +439,10 @@ class Trainer:
             )
             logger.log(0, eval_before)
             (self.out / "eval_before.json").write_text(json.dumps(eval_before) + "\n")
+            self._keep_best(eval_before)
+        if not self.critic_pretrained:  # VAPO's value pretraining, before any policy update
+            self.pretrain_critic()
+            self.save()  # a resumed run starts after it
         progress = ConsoleProgress(c.training.steps, start_step=self.step, every=c.logging.log_every)
         previous = signal.signal(signal.SIGINT, self._request_stop)
         interrupted = False
@@ -336,7 +451,9 @@ class Trainer:
                 metrics = self.train_step(self.step)
                 self.step += 1
                 if c.eval.every and self.step % c.eval.every == 0 and self.step < c.training.steps:
-                    metrics.update(self.evaluate())
+                    evaluation = self.evaluate()
+                    self._keep_best(evaluation)
+                    metrics.update(evaluation)
                 logger.log(self.step, metrics)
                 progress.update(
                     self.step, metrics, {k: v for k, v in metrics.items() if k.startswith("time/")}
@@ -356,6 +473,7 @@ class Trainer:
         if not interrupted:
             eval_after = self.evaluate()
             logger.log(self.step, eval_after)
+            self._keep_best(eval_after)
             self.save()
             save_model_dir(self.model, self.tokenizer, self.out / "final")
         logger.close()

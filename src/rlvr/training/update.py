@@ -72,7 +72,22 @@ def _split(rows: torch.Tensor, parts: int) -> list[torch.Tensor]:
     return [chunk for chunk in torch.tensor_split(rows, parts) if chunk.numel()]
 
 
-class _WeightedMetrics:
+def minibatch_schedule(
+    num_rows: int, *, epochs: int, updates_per_epoch: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """The rows of each optimizer step of one training step, in order.
+
+    Each of ``epochs`` passes takes a fresh random permutation of the ``num_rows`` completions and
+    cuts it into ``updates_per_epoch`` mini-batches (as equal as possible). The policy and the
+    critic are updated on the same schedule unless the critic has its own ``updates_per_step``.
+    """
+    schedule = []
+    for _ in range(epochs):
+        schedule += _split(torch.randperm(num_rows, generator=generator), updates_per_epoch)
+    return schedule
+
+
+class WeightedMetrics:
     """Token-weighted means of per-micro-batch metrics, reduced over ranks."""
 
     def __init__(self) -> None:
@@ -104,108 +119,118 @@ def policy_update(
     algorithm: AlgorithmConfig,
     settings: UpdateSettings,
     generator: torch.Generator,
+    schedule: list[torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Run the step's optimizer updates on ``batch`` (with ``advantages`` in ``batch.extra``)."""
+    """Run the step's optimizer updates on ``batch`` (with ``advantages`` in ``batch.extra``).
+
+    ``schedule`` lists the rows of each optimizer step (:func:`minibatch_schedule`); None draws it
+    from ``generator`` with ``settings.ppo_epochs`` and ``settings.updates_per_step``.
+    """
+    if schedule is None:
+        schedule = minibatch_schedule(
+            batch.size,
+            epochs=settings.ppo_epochs,
+            updates_per_epoch=settings.updates_per_step,
+            generator=generator,
+        )
     loss_fn = POLICY_LOSSES.get(algorithm.policy_loss)
     loss_hp = hyperparameters_for(loss_fn, algorithm, POLICY_LOSS_TENSOR_ARGS)
     use_kl_loss = algorithm.kl_coef > 0 and algorithm.kl_placement == "loss"
     params = [p for p in model.parameters() if p.requires_grad]
-    metrics = _WeightedMetrics()
+    metrics = WeightedMetrics()
     grad_norms: list[float] = []
     skipped = updates = 0
     agg = dict(aggregation=algorithm.aggregation, norm_length=settings.norm_length)
 
     model.train()
-    for _ in range(settings.ppo_epochs):
-        order = torch.randperm(batch.size, generator=generator)
-        for rows in _split(order, settings.updates_per_step):
-            row_list = rows.tolist()
-            mask_rows = batch.response_mask[rows]
-            counts = all_reduce_sum(
-                torch.stack(
-                    [
-                        mask_rows.sum().double(),
-                        (mask_rows.sum(-1) > 0).sum().double(),
-                        (mask_rows * batch.correct[rows, None]).sum().double(),
-                    ]
-                )
+    for rows in schedule:
+        row_list = rows.tolist()
+        mask_rows = batch.response_mask[rows]
+        counts = all_reduce_sum(
+            torch.stack(
+                [
+                    mask_rows.sum().double(),
+                    (mask_rows.sum(-1) > 0).sum().double(),
+                    (mask_rows * batch.correct[rows, None]).sum().double(),
+                ]
             )
-            num_tokens, num_sequences, correct_tokens = counts.tolist()
-            bad = torch.zeros((), dtype=torch.float64)
-            for mb in micro_batches(batch, row_list, settings.micro_batch_tokens):
-                t = mb.response_width
-                mask = batch.response_mask[mb.rows, :t]
-                logits = response_logits(model, mb)
-                logprobs = token_logprobs(logits, response_targets(mb), temperature=settings.temperature)
-                out = loss_fn(
+        )
+        num_tokens, num_sequences, correct_tokens = counts.tolist()
+        bad = torch.zeros((), dtype=torch.float64)
+        for mb in micro_batches(batch, row_list, settings.micro_batch_tokens):
+            t = mb.response_width
+            mask = batch.response_mask[mb.rows, :t]
+            logits = response_logits(model, mb)
+            logprobs = token_logprobs(logits, response_targets(mb), temperature=settings.temperature)
+            out = loss_fn(
+                logprobs=logprobs,
+                old_logprobs=batch.old_logprobs[mb.rows, :t],
+                advantages=batch.extra["advantages"][mb.rows, :t],
+                mask=mask,
+                num_tokens=num_tokens,
+                num_sequences=num_sequences,
+                norm_length=settings.norm_length,
+                generator=generator,
+                **loss_hp,
+            )
+            loss, step_metrics = out.loss, dict(out.metrics)
+            step_metrics["loss/policy"] = out.loss.detach()
+            if use_kl_loss:
+                kl = kl_loss(
                     logprobs=logprobs,
-                    old_logprobs=batch.old_logprobs[mb.rows, :t],
-                    advantages=batch.extra["advantages"][mb.rows, :t],
+                    ref_logprobs=batch.extra["ref_logprobs"][mb.rows, :t],
                     mask=mask,
                     num_tokens=num_tokens,
                     num_sequences=num_sequences,
-                    norm_length=settings.norm_length,
-                    generator=generator,
-                    **loss_hp,
+                    kl_estimator=algorithm.kl_estimator,
+                    kl_clamp=algorithm.kl_clamp,
+                    **agg,
                 )
-                loss, step_metrics = out.loss, dict(out.metrics)
-                step_metrics["loss/policy"] = out.loss.detach()
-                if use_kl_loss:
-                    kl = kl_loss(
-                        logprobs=logprobs,
-                        ref_logprobs=batch.extra["ref_logprobs"][mb.rows, :t],
-                        mask=mask,
-                        num_tokens=num_tokens,
-                        num_sequences=num_sequences,
-                        kl_estimator=algorithm.kl_estimator,
-                        kl_clamp=algorithm.kl_clamp,
-                        **agg,
-                    )
-                    loss = loss + algorithm.kl_coef * kl.loss
-                    step_metrics.update(kl.metrics)
-                if algorithm.entropy_coef > 0:
-                    entropy = entropy_from_logits(logits, temperature=settings.temperature)
-                    ent = entropy_loss(
-                        entropy=entropy, mask=mask, num_tokens=num_tokens, num_sequences=num_sequences, **agg
-                    )
-                    loss = loss - algorithm.entropy_coef * ent.loss
-                    step_metrics.update(ent.metrics)
-                else:
-                    with torch.no_grad():
-                        entropy = entropy_from_logits(logits.detach(), temperature=settings.temperature)
-                    step_metrics["entropy/mean"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
-                if algorithm.lm_coef > 0:
-                    lm = positive_lm_loss(
-                        logprobs=logprobs,
-                        mask=mask,
-                        correct=batch.correct[mb.rows],
-                        num_tokens=correct_tokens,
-                        num_sequences=num_sequences,
-                        norm_length=settings.norm_length,
-                        aggregation="token-mean",
-                    )
-                    loss = loss + algorithm.lm_coef * lm.loss
-                    step_metrics.update(lm.metrics)
-                if not torch.isfinite(loss):
-                    bad.fill_(1.0)
-                    continue
-                # Gradients are averaged over ranks by data parallelism; the loss is a global sum.
-                (loss * world_size()).backward()
-                metrics.add(step_metrics, float(mask.sum()))
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                params, settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf")
-            )
-            if not torch.isfinite(grad_norm):
+                loss = loss + algorithm.kl_coef * kl.loss
+                step_metrics.update(kl.metrics)
+            if algorithm.entropy_coef > 0:
+                entropy = entropy_from_logits(logits, temperature=settings.temperature)
+                ent = entropy_loss(
+                    entropy=entropy, mask=mask, num_tokens=num_tokens, num_sequences=num_sequences, **agg
+                )
+                loss = loss - algorithm.entropy_coef * ent.loss
+                step_metrics.update(ent.metrics)
+            else:
+                with torch.no_grad():
+                    entropy = entropy_from_logits(logits.detach(), temperature=settings.temperature)
+                step_metrics["entropy/mean"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
+            if algorithm.lm_coef > 0:
+                lm = positive_lm_loss(
+                    logprobs=logprobs,
+                    mask=mask,
+                    correct=batch.correct[mb.rows],
+                    num_tokens=correct_tokens,
+                    num_sequences=num_sequences,
+                    norm_length=settings.norm_length,
+                    aggregation="token-mean",
+                )
+                loss = loss + algorithm.lm_coef * lm.loss
+                step_metrics.update(lm.metrics)
+            if not torch.isfinite(loss):
                 bad.fill_(1.0)
-            if all_reduce_max(bad).item() > 0:  # all ranks skip together
-                optimizer.zero_grad(set_to_none=True)
-                skipped += 1
                 continue
-            optimizer.step()
-            scheduler.step()
+            # Gradients are averaged over ranks by data parallelism; the loss is a global sum.
+            (loss * world_size()).backward()
+            metrics.add(step_metrics, float(mask.sum()))
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            params, settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf")
+        )
+        if not torch.isfinite(grad_norm):
+            bad.fill_(1.0)
+        if all_reduce_max(bad).item() > 0:  # all ranks skip together
             optimizer.zero_grad(set_to_none=True)
-            grad_norms.append(float(grad_norm))
-            updates += 1
+            skipped += 1
+            continue
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        grad_norms.append(float(grad_norm))
+        updates += 1
     result = metrics.result()
     result["optim/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
     result["optim/lr"] = scheduler.get_last_lr()[0]

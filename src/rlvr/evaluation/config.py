@@ -1,0 +1,129 @@
+"""Settings of ``rlvr eval``: a typed dataclass, a YAML file, ``key=value`` overrides, flags.
+
+Layers, later ones winning: the defaults below, the YAML file, ``key=value`` items, then the
+command-line flags (``--n 16`` is ``n=16``). Unknown keys are errors naming the nearest valid one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rlvr.errors import ConfigError
+
+
+@dataclass
+class EvalRunConfig:
+    model: str = "toy"
+    """A model directory, hub name or 'toy', or the run directory of an `rlvr train` run."""
+    checkpoint: str = "final"
+    """Run directories only: 'final', 'latest', a step number, or 'all' (every checkpoint, then final)."""
+    benchmarks: list[str] | None = None
+    """Shipped benchmark names, local .jsonl/.json/.parquet files, or 'task' (the run's held-out split).
+    None: 'task' for a run directory, math500 otherwise."""
+    train_config: str | None = None
+    """The training config (YAML) or run directory whose task the 'task' benchmark takes (None: the
+    run directory being evaluated); evaluates a base model on a training task."""
+    num_problems: int | None = None
+    """Evaluate the first N problems of each benchmark (None: all)."""
+    n: int = 1
+    """Samples per problem; temperature 0 (greedy) always takes 1."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 decodes greedily."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 disables)."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0 disables)."""
+    template: str | None = None
+    """Prompt template (r1 | r1_zero | r1_chat | qwen_boxed | chat | plain). None: the run's task template
+    for a run directory, else qwen_boxed when the tokenizer has a chat template and r1_zero when not."""
+    max_new_tokens: int = 1024
+    """Generation budget per completion, in tokens."""
+    max_prompt_tokens: int = 2048
+    """Longest prompt accepted, in tokens; a longer one is an error naming the problem."""
+    grade_truncated: bool = True
+    """Grade completions cut at max_new_tokens (their answer, if any); false counts them wrong."""
+    timeout_s: float = 5.0
+    """Wall-clock limit of one answer check by math-verify."""
+    seed: int = 0
+    """Sampling seed; a batch of problems uses seed + the index of its first problem."""
+    problems_per_batch: int = 32
+    """Problems generated together; results are written (and resume) batch by batch."""
+    max_batch_sequences: int = 256
+    """Most sequences decoded at once."""
+    question_field: str = "question"
+    """Local files: the field holding the question ('a+b' joins two fields)."""
+    answer_field: str = "answer"
+    """Local files: the field holding the gold answer."""
+    answer_format: Literal["plain", "gsm8k", "boxed", "first"] = "plain"
+    """Local files: how the gold is read from the answer field (see docs/tasks.md)."""
+    id_field: str | None = None
+    """Local files: a field with a problem id (None: the row number)."""
+    meta_fields: list[str] = field(default_factory=list)
+    """Local files: fields to break results down by (for example level, subject)."""
+    completions: str | None = None
+    """Re-score this file of existing completions instead of generating (see docs/evaluation.md)."""
+    completion_field: str = "response"
+    """--completions: the field holding a completion, or a list of the problem's completions."""
+    output_dir: str | None = None
+    """Where results go. None: RUN_DIR/eval/<checkpoint> for a run, runs/eval/<model name> otherwise."""
+    overwrite: bool = False
+    """Start over in an output directory that holds an evaluation with other settings."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when available."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: bfloat16 on a GPU that supports it, float32 on CPU."""
+    cpu_threads: int | None = None
+    """Intra-op CPU threads (None keeps torch's default)."""
+
+    @property
+    def samples_per_problem(self) -> int:
+        return 1 if self.temperature == 0 else self.n
+
+
+def validate_eval_config(c: EvalRunConfig) -> None:
+    for key in ("n", "max_new_tokens", "max_prompt_tokens", "problems_per_batch", "max_batch_sequences"):
+        if getattr(c, key) <= 0:
+            raise ConfigError(f"setting '{key}' must be positive, got {getattr(c, key)}")
+    if c.num_problems is not None and c.num_problems <= 0:
+        raise ConfigError(f"setting 'num_problems' must be positive or None, got {c.num_problems}")
+    if c.temperature < 0:
+        raise ConfigError(f"setting 'temperature' must be >= 0, got {c.temperature}")
+    if not 0 < c.top_p <= 1:
+        raise ConfigError(f"setting 'top_p' must be in (0, 1], got {c.top_p}")
+    if c.timeout_s <= 0:
+        raise ConfigError(f"setting 'timeout_s' must be positive, got {c.timeout_s}")
+    if c.benchmarks is not None and not c.benchmarks:
+        raise ConfigError("setting 'benchmarks' is empty; name at least one benchmark")
+    if c.template is not None:
+        from rlvr.tasks.templates import TEMPLATES
+
+        try:
+            TEMPLATES.get(c.template)
+        except Exception as e:
+            raise ConfigError(f"setting 'template': {e}") from None
+    if c.checkpoint not in ("final", "latest", "all") and not c.checkpoint.isdigit():
+        raise ConfigError(
+            f"setting 'checkpoint' must be final, latest, all or a step number, got {c.checkpoint!r}"
+        )
+
+
+def load_eval_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    flags: dict[str, Any] | None = None,
+) -> EvalRunConfig:
+    """The validated evaluation settings from defaults, a YAML file, ``key=value`` items and flags."""
+    from rlvr.config import merge_layers, parse_overrides, read_yaml
+
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if path is not None:
+        layers.append((str(path), read_yaml(path)))
+    if overrides:
+        layers.append(("command line", parse_overrides(list(overrides))))
+    if flags:
+        layers.append(("command-line flags", {k: v for k, v in flags.items() if v is not None}))
+    config: EvalRunConfig = merge_layers(layers, EvalRunConfig)
+    validate_eval_config(config)
+    return config

@@ -1,0 +1,147 @@
+"""Evaluation during ``rlvr train``: the configured benchmarks every ``eval.every`` steps, and the best model.
+
+:class:`TrainingEvaluator` runs the same generation, grading and estimators as ``rlvr eval`` on
+the ``eval`` section's benchmarks. On N ranks each rank generates every N-th problem and the
+records are gathered, so every rank computes the same metrics. Metrics, logged with the training
+metrics:
+
+* ``eval/<benchmark>/avg@n``, ``pass@k`` and ``maj@k`` (k = 2, 4, ..., n), ``length_mean``,
+  ``format_rate``, ``truncation_rate``, ``no_answer_rate``;
+* ``eval/accuracy``: avg@n averaged over the benchmarks (each counts once), and
+  ``eval/length_mean``.
+
+:class:`BestModel` keeps the model with the best value of ``eval.best_metric`` in ``RUN_DIR/best``
+(a Hugging Face model directory, replaced atomically, with ``best.json`` naming the step and value).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from rlvr.config import Config
+from rlvr.distributed import gather_objects, rank, world_size
+from rlvr.errors import ConfigError
+from rlvr.evaluation.estimators import k_values
+from rlvr.evaluation.generation import GenerationSettings, generate_records
+from rlvr.evaluation.sets import EvalSet, FileFields, benchmark_set, file_set, task_set
+from rlvr.evaluation.summary import macro_average, summarize
+from rlvr.rewards.composite import CompositeReward
+from rlvr.tasks.base import Task
+
+BEST_DIR = "best"
+BEST_FILE = "best.json"
+_SKIPPED = ("problems", "samples_per_problem", "length_correct", "length_wrong")
+
+
+def training_eval_sets(config: Config, task: Task) -> list[EvalSet]:
+    e = config.eval
+    template = e.template or task.template
+    sets = []
+    for name in e.benchmarks:
+        if name == "task":
+            sets.append(task_set(task, template=e.template, num_problems=e.num_problems))
+        elif name.endswith((".jsonl", ".json", ".parquet")):
+            sets.append(file_set(name, template, FileFields(), num_problems=e.num_problems))
+        else:
+            sets.append(benchmark_set(name, template, num_problems=e.num_problems))
+    return sets
+
+
+def set_metrics(name: str, result: dict[str, Any]) -> dict[str, float]:
+    """The logged metrics of one benchmark's summary: headline ks only, no breakdowns."""
+    n = result["samples_per_problem"]
+    shown = {f"pass@{k}" for k in k_values(n) if k > 1} | {f"maj@{k}" for k in k_values(n) if k > 1}
+    out = {}
+    for key, value in result.items():
+        if not isinstance(value, (int, float)) or key in _SKIPPED:
+            continue
+        if key.startswith(("pass@", "maj@")) and key not in shown:
+            continue
+        out[f"eval/{name}/{key}"] = float(value)
+    return out
+
+
+class TrainingEvaluator:
+    """The benchmarks of a run's ``eval`` section, evaluated with the policy as it is now."""
+
+    def __init__(self, config: Config, task: Task) -> None:
+        e, r = config.eval, config.rollout
+        self.sets = [s for s in training_eval_sets(config, task) if s.problems]
+        self.rewards = [CompositeReward(s.rewards) for s in self.sets]
+        self.settings = GenerationSettings(
+            n=e.samples_per_problem,
+            temperature=e.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            max_new_tokens=e.max_new_tokens or r.max_new_tokens,
+            max_prompt_tokens=r.max_prompt_tokens,
+        )
+        self.seed = config.training.seed + 1
+
+    def __call__(self, engine: Any, tokenizer: Any) -> dict[str, float]:
+        results = {}
+        for eval_set, reward in zip(self.sets, self.rewards, strict=True):
+            mine = list(range(rank(), len(eval_set.problems), world_size()))
+            records = generate_records(engine, tokenizer, eval_set, reward, mine, self.settings, self.seed)
+            everything = [r for part in gather_objects(records) for r in part]  # type: ignore[union-attr]
+            results[eval_set.name] = summarize(everything, equivalence=eval_set.equivalence)
+        if not results:
+            return {}
+        metrics: dict[str, float] = {}
+        for name, result in results.items():
+            metrics.update(set_metrics(name, result))
+        macro = macro_average(results)
+        n = next(iter(results.values()))["samples_per_problem"]
+        metrics["eval/accuracy"] = macro[f"avg@{n}"]
+        metrics["eval/length_mean"] = macro["length_mean"]
+        return metrics
+
+
+class BestModel:
+    """Keeps the model with the best ``metric`` in ``run_dir/best`` (module docstring)."""
+
+    def __init__(self, run_dir: str | Path, metric: str, mode: str = "max") -> None:
+        self.dir = Path(run_dir) / BEST_DIR
+        self.metric, self.mode = metric, mode
+        self.best: float | None = None
+        info = self.dir / BEST_FILE
+        if info.is_file():  # a resumed run competes with the best model it already kept
+            self.best = float(json.loads(info.read_text())["value"])
+
+    def is_better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def update(self, step: int, metrics: dict[str, float], model: Any, tokenizer: Any) -> bool:
+        """Save the model when ``metrics`` holds a better value of the metric; True when it did."""
+        if self.metric not in metrics:
+            available = ", ".join(sorted(k for k in metrics if k.startswith("eval/")))
+            raise ConfigError(
+                f"setting 'eval.best_metric': '{self.metric}' is not an evaluation metric of this run "
+                f"(available: {available})"
+            )
+        value = float(metrics[self.metric])
+        if not self.is_better(value):
+            return False
+        self.best = value
+        if rank() == 0:
+            self._save(step, value, model, tokenizer)
+        return True
+
+    def _save(self, step: int, value: float, model: Any, tokenizer: Any) -> None:
+        from rlvr.training.model import save_model_dir
+
+        tmp = self.dir.with_name(f".{BEST_DIR}-tmp-{uuid.uuid4().hex[:8]}")
+        save_model_dir(model, tokenizer, tmp)
+        (tmp / BEST_FILE).write_text(json.dumps({"step": step, "metric": self.metric, "value": value}) + "\n")
+        old = self.dir.with_name(f".{BEST_DIR}-old-{uuid.uuid4().hex[:8]}")
+        if self.dir.exists():
+            os.replace(self.dir, old)
+        os.replace(tmp, self.dir)
+        shutil.rmtree(old, ignore_errors=True)

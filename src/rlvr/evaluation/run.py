@@ -1,0 +1,339 @@
+"""``rlvr eval``: evaluate a model, a run's checkpoints, or a file of existing completions.
+
+For each model: load it, build the benchmark sets, generate (resuming from the samples already
+written), score, summarise, and write ``results.json``, ``report.md``, ``pass_at_k.png`` and
+``samples/<benchmark>.jsonl`` into the output directory; print the table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlvr.errors import ConfigError
+from rlvr.evaluation.config import EvalRunConfig
+from rlvr.evaluation.generation import GenerationSettings, SampleStore, batches, generate_records
+from rlvr.evaluation.report import format_table, write_outputs
+from rlvr.evaluation.sets import EvalSet, FileFields, benchmark_set, file_set, is_benchmark_file, task_set
+from rlvr.evaluation.summary import macro_average, summarize
+
+SETTINGS_FILE = "eval_settings.json"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One model to evaluate: its label (final, step-000050, or the model's name), its weights, and the
+    run directory it belongs to (None for a plain model)."""
+
+    label: str
+    model_path: str
+    run_dir: Path | None
+
+
+def is_run_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and ((p / "final").is_dir() or (p / "checkpoints").is_dir())
+
+
+def resolve_targets(model: str, checkpoint: str) -> list[Target]:
+    """The models ``model`` and ``checkpoint`` name (see :class:`EvalRunConfig`)."""
+    from rlvr.training.checkpoint import checkpoint_name, latest_checkpoint, list_checkpoints
+
+    if not is_run_dir(model):
+        if checkpoint != "final":
+            raise ConfigError(f"setting 'checkpoint' applies to run directories; {model!r} is not one")
+        if model != "toy" and not Path(model).exists() and "/" not in model:
+            raise ConfigError(f"model {model!r} is neither a directory nor a hub name (owner/name)")
+        return [Target(Path(model).name, model, None)]
+    run = Path(model)
+    final = Target("final", str(run / "final"), run)
+    if checkpoint == "final":
+        if not (run / "final").is_dir():
+            raise ConfigError(f"run {run} has no final model (was it interrupted?); pass checkpoint=latest")
+        return [final]
+    if checkpoint == "latest":
+        path = latest_checkpoint(run)
+        if path is None:
+            raise ConfigError(f"run {run} has no checkpoint yet")
+        return [Target(path.name, str(path), run)]
+    if checkpoint == "all":
+        targets = [Target(p.name, str(p), run) for p in list_checkpoints(run)]
+        return targets + ([final] if (run / "final").is_dir() else [])
+    path = run / "checkpoints" / checkpoint_name(int(checkpoint))
+    if not path.is_dir():
+        steps = ", ".join(p.name for p in list_checkpoints(run)) or "none"
+        raise ConfigError(f"run {run} has no checkpoint at step {checkpoint} (checkpoints: {steps})")
+    return [Target(path.name, str(path), run)]
+
+
+def load_eval_model(path: str, device: torch.device, dtype: str) -> tuple[Any, Any]:
+    """Model (in eval mode, a LoRA adapter merged into its base) and tokenizer from ``path``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlvr.training.model import resolve_dtype, resolve_model_path
+
+    resolved = resolve_model_path(path)
+    torch_dtype = resolve_dtype(dtype, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+        if (Path(resolved) / "adapter_config.json").is_file():
+            try:
+                from peft import AutoPeftModelForCausalLM
+            except ImportError:
+                raise ConfigError(
+                    f"{path} holds a LoRA adapter; loading it needs peft: pip install peft"
+                ) from None
+            model = AutoPeftModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype)
+    except OSError as e:
+        raise ConfigError(f"cannot load a model from {path!r} ({e})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer
+
+
+def run_config(run_dir: Path) -> Any:
+    """The training config a run directory was made with."""
+    from rlvr.config import Config, merge_layers
+
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"{run_dir} has no config.json; benchmark 'task' needs a run directory of rlvr train"
+        )
+    return merge_layers([(str(path), json.loads(path.read_text()))], Config)
+
+
+def training_config(config: EvalRunConfig, run_dir: Path | None) -> Any:
+    """The training config whose task 'task' evaluates: ``train_config``, else the run's; None if neither."""
+    if config.train_config:
+        source = Path(config.train_config)
+        if source.is_dir():
+            return run_config(source)
+        from rlvr.config import load_config
+
+        return load_config(source)
+    return run_config(run_dir) if run_dir is not None else None
+
+
+def default_template(config: EvalRunConfig, tokenizer: Any, run_dir: Path | None) -> str:
+    if config.template:
+        return config.template
+    train = training_config(config, run_dir)
+    if train is not None:
+        from rlvr.training.setup import build_task
+
+        return build_task(train).template
+    return "qwen_boxed" if getattr(tokenizer, "chat_template", None) else "r1_zero"
+
+
+def build_sets(config: EvalRunConfig, template: str, run_dir: Path | None) -> list[EvalSet]:
+    from rlvr.registry import nearest_name_hint
+    from rlvr.tasks.benchmarks import BENCHMARKS
+
+    train = training_config(config, run_dir)
+    names = config.benchmarks or (["task"] if train is not None else ["math500"])
+    fields = FileFields(
+        config.question_field,
+        config.answer_field,
+        config.answer_format,
+        config.id_field,
+        tuple(config.meta_fields),
+    )
+    common = {"num_problems": config.num_problems}
+    grading = {"grade_truncated": config.grade_truncated, "timeout_s": config.timeout_s}
+    sets = []
+    for name in names:
+        if name == "task":
+            if train is None:
+                raise ConfigError(
+                    "benchmark 'task' (a training task's held-out split) needs a run directory as the model "
+                    "or the setting 'train_config'"
+                )
+            from rlvr.training.setup import build_task
+
+            sets.append(task_set(build_task(train), template=config.template, **common))
+        elif name in BENCHMARKS:
+            sets.append(benchmark_set(name, template, **common, **grading))
+        elif is_benchmark_file(name):
+            sets.append(file_set(name, template, fields, **common, **grading))
+        else:
+            valid = [*BENCHMARKS.names(), "task"]
+            raise ConfigError(
+                f"unknown benchmark '{name}'{nearest_name_hint(name, valid)} (valid: {', '.join(valid)}, "
+                "or a .jsonl/.json/.parquet file)"
+            )
+    return sets
+
+
+def output_dir_for(config: EvalRunConfig, target: Target, several: bool) -> Path:
+    if config.output_dir:
+        return Path(config.output_dir) / target.label if several else Path(config.output_dir)
+    if target.run_dir is not None:
+        return target.run_dir / "eval" / target.label
+    return Path("runs") / "eval" / target.label
+
+
+def settings_record(config: EvalRunConfig, target: Target, sets: list[EvalSet]) -> dict[str, Any]:
+    """What the samples already on disk must have been generated with, to be reused."""
+    return {
+        "model": target.model_path,
+        "benchmarks": {s.name: len(s.problems) for s in sets},
+        "rows_left_out": {s.name: len(s.skipped) for s in sets if s.skipped},
+        "train_config": config.train_config,
+        "template": config.template,
+        "templates": {s.name: s.template for s in sets},
+        "samples_per_problem": config.samples_per_problem,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "top_k": config.top_k,
+        "max_new_tokens": config.max_new_tokens,
+        "grade_truncated": config.grade_truncated,
+        "seed": config.seed,
+        "problems_per_batch": config.problems_per_batch,
+    }
+
+
+def check_output_dir(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to mix samples of different settings in one directory (unless ``overwrite``)."""
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        old = json.loads(path.read_text())
+        changed = [k for k in settings if old.get(k) != settings[k]]
+        if changed and not overwrite:
+            key = changed[0]
+            raise ConfigError(
+                f"{out} holds an evaluation with other settings ({key}: {old.get(key)!r} there, "
+                f"{settings[key]!r} now); choose another output_dir or pass --overwrite"
+            )
+        if changed:
+            for stale in (out / "samples").glob("*.jsonl"):
+                stale.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _progress(log: Any, name: str, done: int, total: int, started: float, resumed: int) -> None:
+    elapsed = time.perf_counter() - started
+    rate = (done - resumed) / elapsed if elapsed > 0 else 0.0
+    eta = (total - done) / rate if rate > 0 else float("nan")
+    log(f"[{name}] {done}/{total} problems  {rate:.2f} problems/s  eta {eta:.0f}s")
+
+
+def evaluate_set(
+    engine: Any, tokenizer: Any, eval_set: EvalSet, config: EvalRunConfig, out: Path, log: Any
+) -> list[dict[str, Any]]:
+    """Every record of ``eval_set``, generating only the batches not already in its samples file."""
+    from rlvr.rewards.composite import CompositeReward
+
+    n = config.samples_per_problem
+    store = SampleStore(
+        out / "samples" / f"{eval_set.name}.jsonl",
+        num_problems=len(eval_set.problems),
+        n=n,
+        batch_size=config.problems_per_batch,
+    )
+    done = store.load()
+    settings = GenerationSettings(
+        n, config.temperature, config.top_p, config.top_k, config.max_new_tokens, config.max_prompt_tokens
+    )
+    reward = CompositeReward(eval_set.rewards)
+    total = len(eval_set.problems)
+    resumed = sum(len(rs) for rs in done.values()) // n
+    if resumed:
+        log(f"[{eval_set.name}] resuming: {resumed}/{total} problems already evaluated")
+    started = time.perf_counter()
+    finished = resumed
+    for number, problems in enumerate(batches(total, config.problems_per_batch)):
+        if number in done:
+            continue
+        records = generate_records(
+            engine, tokenizer, eval_set, reward, problems, settings, seed=config.seed + problems.start
+        )
+        store.append(records)
+        done[number] = records
+        finished += len(problems)
+        _progress(log, eval_set.name, finished, total, started, resumed)
+    return [r for number in sorted(done) for r in done[number]]
+
+
+def results_document(
+    settings: dict[str, Any], sets: list[EvalSet], records: dict[str, list[dict[str, Any]]], timeout_s: float
+) -> dict[str, Any]:
+    benchmarks = {
+        s.name: summarize(
+            records[s.name], equivalence=s.equivalence, breakdown=s.breakdown, timeout_s=timeout_s
+        )
+        for s in sets
+    }
+    return {"settings": settings, "benchmarks": benchmarks, "macro": macro_average(benchmarks)}
+
+
+def evaluate_target(config: EvalRunConfig, target: Target, out: Path, log: Any = print) -> dict[str, Any]:
+    """Evaluate one model into ``out``; returns the results document."""
+    from rlvr.rollout.hf_engine import HFEngine
+    from rlvr.training.model import resolve_device
+
+    device = resolve_device(config.device)
+    model, tokenizer = load_eval_model(target.model_path, device, config.dtype)
+    template = default_template(config, tokenizer, target.run_dir)
+    sets = build_sets(config, template, target.run_dir)
+    settings = settings_record(config, target, sets)
+    check_output_dir(out, settings, config.overwrite)
+    engine = HFEngine(model, tokenizer, max_batch_sequences=config.max_batch_sequences)
+    for s in sets:
+        if s.skipped:
+            log(
+                f"[{s.name}] {len(s.skipped)} row(s) left out, their gold cannot be graded; first: {s.skipped[0]}"
+            )
+    log(
+        f"evaluating {target.model_path} on {', '.join(f'{s.name} ({len(s.problems)})' for s in sets)}: "
+        f"{config.samples_per_problem} sample(s) per problem, temperature {config.temperature}, into {out}"
+    )
+    records = {}
+    with torch.no_grad():
+        for s in sets:
+            records[s.name] = evaluate_set(engine, tokenizer, s, config, out, log)
+    results = results_document({**settings, "label": target.label}, sets, records, config.timeout_s)
+    write_outputs(results, out)
+    return results
+
+
+def run_evaluation(config: EvalRunConfig, log: Any = print) -> dict[str, dict[str, Any]]:
+    """Evaluate every model ``config`` names (or re-score ``config.completions``); results by label."""
+    if config.cpu_threads is not None:
+        torch.set_num_threads(config.cpu_threads)
+    if config.completions:
+        from rlvr.evaluation.rescore import rescore_file
+
+        return {"completions": rescore_file(config, log)}
+    targets = resolve_targets(config.model, config.checkpoint)
+    all_results = {}
+    for target in targets:
+        out = output_dir_for(config, target, several=len(targets) > 1)
+        results = evaluate_target(config, target, out, log)
+        log(f"\n{target.label}:\n{format_table(results)}\nresults in {out}")
+        all_results[target.label] = results
+    if len(targets) > 1:
+        log("\n" + checkpoints_table(all_results))
+    return all_results
+
+
+def checkpoints_table(all_results: dict[str, dict[str, Any]]) -> str:
+    """The headline accuracy of every benchmark, one line per checkpoint."""
+    first = next(iter(all_results.values()))
+    names = list(first["benchmarks"])
+    n = first["settings"]["samples_per_problem"]
+    lines = ["checkpoint  " + "  ".join(f"{name} avg@{n}" for name in names)]
+    for label, results in all_results.items():
+        cells = [
+            f"{100 * results['benchmarks'][name][f'avg@{n}']:.1f}".rjust(len(name) + 5) for name in names
+        ]
+        lines.append(f"{label:<10}  " + "  ".join(cells))
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""What one evaluation runs on: an :class:`EvalSet` is problems, a prompt template, a grader.
+
+A benchmark entry names one of three things:
+
+* a shipped benchmark (``math500``, ``math``, ``gsm8k``, ``aime24``, ``amc23``, ``minerva_math``,
+  ``olympiadbench``; provenance in ``rlvr/data/benchmarks/README.md``), graded by the ``math``
+  reward and broken down by the metadata its file has (MATH level and subject);
+* a local ``.jsonl`` / ``.json`` / ``.parquet`` file, read with a field mapping, graded by ``math``;
+* ``task``: the held-out split of a training task, with that task's own template and rewards (how
+  a run of ``rlvr train`` on countdown or arithmetic is evaluated).
+
+Math grading for evaluation reads the final answer wherever it is (answer tag, last ``\\boxed{}``,
+"the answer is"), as the papers' evaluators do, and by default also grades completions cut at the
+length limit (those rarely hold an answer; the truncation rate is reported beside the accuracy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rlvr.errors import ConfigError
+from rlvr.tasks.base import Problem, RewardSpec, Task
+from rlvr.tasks.loading import FieldMap
+
+Equivalence = Literal["math", "exact"]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str
+    problems: list[Problem]
+    template: str
+    rewards: tuple[RewardSpec, ...]
+    stop_strings: tuple[str, ...] = ()
+    equivalence: Equivalence = "exact"
+    """How answers are grouped for majority voting: through the math grader, or identical text."""
+    breakdown: tuple[str, ...] = ()
+    """Problem metadata fields the results are broken down by (level, subject, ...)."""
+    skipped: tuple[str, ...] = ()
+    """Rows of the benchmark file left out, one message each (file, line, why)."""
+
+
+@dataclass(frozen=True)
+class FileFields:
+    """How the rows of a local benchmark file map to problems (see :class:`FieldMap`)."""
+
+    question: str = "question"
+    answer: str = "answer"
+    answer_format: str = "plain"
+    id: str | None = None
+    meta: tuple[str, ...] = ()
+
+
+def math_rewards(*, grade_truncated: bool, timeout_s: float) -> tuple[RewardSpec, ...]:
+    return (RewardSpec("math", params={"grade_truncated": grade_truncated, "timeout_s": timeout_s}),)
+
+
+def _stops(template: str) -> tuple[str, ...]:
+    from rlvr.tasks.templates import TEMPLATES
+
+    return ("</answer>",) if TEMPLATES.get(template).answer_slot == "answer_tag" else ()
+
+
+def _subset(problems: list[Problem], num_problems: int | None) -> list[Problem]:
+    return problems[:num_problems] if num_problems else problems
+
+
+def benchmark_set(
+    name: str,
+    template: str,
+    *,
+    num_problems: int | None = None,
+    grade_truncated: bool = True,
+    timeout_s: float = 5.0,
+) -> EvalSet:
+    """A shipped benchmark (rows the grader cannot use are skipped, as loading reports)."""
+    from rlvr.rewards.math import check_gold
+    from rlvr.tasks.benchmarks import BENCHMARKS, load_benchmark
+
+    spec = BENCHMARKS.get(name)
+    loaded = load_benchmark(name, check_gold=check_gold, skip_bad_rows=True)
+    return EvalSet(
+        name=name,
+        problems=_subset(loaded.problems, num_problems),
+        template=template,
+        rewards=math_rewards(grade_truncated=grade_truncated, timeout_s=timeout_s),
+        stop_strings=_stops(template),
+        equivalence="math",
+        breakdown=spec.fields.meta,
+        skipped=tuple(loaded.skipped),
+    )
+
+
+def file_set(
+    path: str | Path,
+    template: str,
+    fields: FileFields,
+    *,
+    num_problems: int | None = None,
+    grade_truncated: bool = True,
+    timeout_s: float = 5.0,
+) -> EvalSet:
+    """A local benchmark file; a row without a usable question or gold answer is an error naming it."""
+    from rlvr.rewards.math import check_gold
+    from rlvr.tasks.loading import load_problems
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"benchmark file {path} does not exist")
+    field_map = FieldMap(fields.question, fields.answer, fields.answer_format, id=fields.id, meta=fields.meta)  # type: ignore[arg-type]
+    loaded = load_problems(path, field_map, check_gold=check_gold)
+    return EvalSet(
+        name=path.stem,
+        problems=_subset(loaded.problems, num_problems),
+        template=template,
+        rewards=math_rewards(grade_truncated=grade_truncated, timeout_s=timeout_s),
+        stop_strings=_stops(template),
+        equivalence="math",
+        breakdown=fields.meta,
+    )
+
+
+def task_set(task: Task, *, template: str | None = None, num_problems: int | None = None) -> EvalSet:
+    """The held-out split of a training task, graded by the task's own rewards."""
+    if not task.test:
+        raise ConfigError(f"task '{task.name}' has no held-out problems to evaluate on")
+    template = template or task.template
+    meta = sorted({k for p in task.test for k in p.meta if k != "source"})
+    return EvalSet(
+        name=task.name,
+        problems=_subset(task.test, num_problems),
+        template=template,
+        rewards=task.rewards,
+        stop_strings=task.stop_strings if template == task.template else _stops(template),
+        equivalence="math" if any(r.name == "math" for r in task.rewards) else "exact",
+        breakdown=tuple(meta),
+    )
+
+
+def is_benchmark_file(entry: str) -> bool:
+    return Path(entry).suffix.lower() in (".jsonl", ".json", ".parquet")
