@@ -73,6 +73,7 @@ def test_micro_batching_equals_one_big_batch(algorithm):
             assert torch.allclose(p1, p2, atol=1e-10, rtol=0), name
         assert not torch.equal(next(base.parameters()), next(whole.parameters()))  # it did update
         assert m1["policy/clipfrac_high"] == pytest.approx(m2["policy/clipfrac_high"], abs=1e-12)
+        assert m1["loss/policy"] == pytest.approx(m2["loss/policy"], abs=1e-10)  # the whole loss, not a part
     finally:
         torch.set_default_dtype(torch.float32)
 

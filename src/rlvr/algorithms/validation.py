@@ -302,7 +302,7 @@ def preset_row(preset: Any) -> tuple[str, ...]:
         for f in dataclasses.fields(AlgorithmConfig)
         if f.name not in _SHOWN and getattr(cfg, f.name) != getattr(defaults, f.name)
     ]
-    changed += [f"{key.split('.')[-1]}={_short(value)}" for key, value in preset.settings.items()]
+    changed += [f"{key}={_short(value)}" for key, value in preset.settings.items()]
     arxiv = _ARXIV_ID.search(preset.citation)
     return (
         preset.name,

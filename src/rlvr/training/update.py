@@ -140,6 +140,7 @@ def policy_update(
     metrics = WeightedMetrics()
     grad_norms: list[float] = []
     skipped = updates = 0
+    policy_loss_sum = 0.0  # the mini-batches' policy losses, summed over micro-batches and mini-batches
     agg = dict(aggregation=algorithm.aggregation, norm_length=settings.norm_length)
 
     model.train()
@@ -174,7 +175,7 @@ def policy_update(
                 **loss_hp,
             )
             loss, step_metrics = out.loss, dict(out.metrics)
-            step_metrics["loss/policy"] = out.loss.detach()
+            policy_loss_sum += float(out.loss.detach())  # micro-batch losses are parts of one sum
             if use_kl_loss:
                 kl = kl_loss(
                     logprobs=logprobs,
@@ -232,6 +233,9 @@ def policy_update(
         grad_norms.append(float(grad_norm))
         updates += 1
     result = metrics.result()
+    # Each rank holds its part of every mini-batch's loss (global denominators): sum, then average.
+    loss_total = all_reduce_sum(torch.tensor(policy_loss_sum, dtype=torch.float64)).item()
+    result["loss/policy"] = loss_total / max(len(schedule), 1)
     result["optim/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
     result["optim/lr"] = scheduler.get_last_lr()[0]
     result["optim/updates"] = float(updates)
