@@ -196,3 +196,29 @@ def test_cli_eval_with_flags_and_a_config_file(run_dir, tmp_path, capsys):
         and settings["benchmarks"] == {"arithmetic": 3}
     )
     assert main(["eval", str(run_dir), "--benchmarks", "nope", "--output", str(out)]) == 2
+
+
+def test_lora_run_is_evaluated_with_its_adapter_merged(tmp_path):
+    peft = pytest.importorskip("peft")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(SHIPPED_DIR)
+    lora = peft.get_peft_model(
+        base,
+        peft.LoraConfig(
+            r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights=False
+        ),
+    )
+    run = tmp_path / "run"
+    lora.save_pretrained(run / "final")
+    AutoTokenizer.from_pretrained(SHIPPED_DIR).save_pretrained(run / "final")
+    (run / "config.json").write_text(json.dumps(to_dict(Config()), default=str))
+    from rlvr.evaluation.run import load_eval_model
+
+    model, _ = load_eval_model(str(run / "final"), torch.device("cpu"), "float32")
+    ids = torch.tensor([[5, 6, 7]])
+    assert torch.allclose(model(ids).logits, lora(ids).logits, atol=1e-5)  # the adapter is applied
+    assert not hasattr(model, "peft_config")  # merged into plain weights
+    results = evaluate(run, tmp_path / "out", num_problems=2, max_new_tokens=8)
+    assert results["benchmarks"]["arithmetic"]["problems"] == 2
