@@ -32,6 +32,10 @@ class ModelConfig:
     """A Hugging Face model directory or hub name; 'toy' is the tiny model shipped with rlvr."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Parameter dtype: auto is bfloat16 on a GPU that supports it, float32 on CPU."""
+    autocast: Literal["none", "bfloat16"] = "none"
+    """Mixed precision: keep float32 weights and run every forward pass (rollouts, updates, critic)
+    under torch.autocast in bfloat16 (model.dtype auto then means float32); none computes in the
+    weights' dtype."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about 30% more compute)."""
     lora_rank: int = 0

@@ -22,6 +22,7 @@ R1 format needs the closing ``</answer>``).
 
 from __future__ import annotations
 
+import contextlib
 from numbers import Integral
 from typing import Any
 
@@ -88,10 +89,18 @@ class HFEngine:
     sampled results are reproducible for the same seed, prompts and ``max_batch_sequences``.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch_sequences: int = 512) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch_sequences: int = 512,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
         if not isinstance(max_batch_sequences, int) or max_batch_sequences < 1:
             raise ConfigError(f"max_batch_sequences must be an integer >= 1, got {max_batch_sequences!r}")
         self.model = model
+        self.autocast_dtype = autocast_dtype  # forward passes under torch.autocast; logits sampled in float32
         self.tokenizer = tokenizer
         self.max_batch_sequences = max_batch_sequences
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -147,14 +156,20 @@ class HFEngine:
         per_chunk = max(1, self.max_batch_sequences // sampling.n)
         was_training = self.model.training
         self.model.eval()
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
         try:
-            for start in range(0, len(order), per_chunk):
-                chunk = order[start : start + per_chunk]
-                completions = self._generate_chunk(
-                    [list(prompts[i]) for i in chunk], chunk, sampling, generator
-                )
-                for r, c in enumerate(completions):  # row r is sample r % n of its prompt
-                    results[c.prompt_index * sampling.n + r % sampling.n] = c
+            with autocast:
+                for start in range(0, len(order), per_chunk):
+                    chunk = order[start : start + per_chunk]
+                    completions = self._generate_chunk(
+                        [list(prompts[i]) for i in chunk], chunk, sampling, generator
+                    )
+                    for r, c in enumerate(completions):  # row r is sample r % n of its prompt
+                        results[c.prompt_index * sampling.n + r % sampling.n] = c
         finally:
             self.model.train(was_training)
         assert all(r is not None for r in results)
@@ -188,7 +203,7 @@ class HFEngine:
             logits_to_keep=1,
         )
         cache = out.past_key_values
-        logits = out.logits[:, -1, :].repeat_interleave(n, dim=0)  # [A, V]
+        logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)  # [A, V]
         cache.batch_repeat_interleave(n)
         next_position = positions[:, -1:].repeat_interleave(n, dim=0) + 1  # [A, 1]
         if attention is not None:
@@ -246,7 +261,7 @@ class HFEngine:
                 use_cache=True,
             )
             cache = out.past_key_values
-            logits = out.logits[:, -1, :]
+            logits = out.logits[:, -1, :].float()
             next_position = next_position + 1
 
         token_lists, logprob_lists = token_ids.tolist(), logprobs.tolist()

@@ -39,28 +39,32 @@ from rlvr.config import Config
 from rlvr.distributed import all_reduce_max, all_reduce_sum, world_size
 from rlvr.errors import ConfigError, DataError
 from rlvr.training.batch import MicroBatch, RolloutBatch, micro_batches
-from rlvr.training.model import resolve_dtype, resolve_model_path
+from rlvr.training.model import autocast_context, autocast_dtype, resolve_model_path, weights_dtype
 from rlvr.training.update import WeightedMetrics
 
 
 class ValueModel(torch.nn.Module):
     """A causal LM's transformer body and a scalar value head: V(s_t) for every response token."""
 
-    def __init__(self, body: torch.nn.Module, hidden_size: int) -> None:
+    def __init__(
+        self, body: torch.nn.Module, hidden_size: int, autocast_dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         self.body = body
+        self.autocast_dtype = autocast_dtype  # the body runs under torch.autocast in it (model.autocast)
         self.head = torch.nn.Linear(hidden_size, 1, dtype=torch.float32)
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
 
     def forward(self, mb: MicroBatch) -> torch.Tensor:
         """Values [b, t] of the micro-batch's response tokens (float32); padding holds garbage."""
-        out = self.body(
-            input_ids=mb.input_ids,
-            attention_mask=mb.attention,
-            position_ids=mb.position_ids,
-            use_cache=False,
-        )
+        with autocast_context(mb.input_ids.device, self.autocast_dtype):
+            out = self.body(
+                input_ids=mb.input_ids,
+                attention_mask=mb.attention,
+                position_ids=mb.position_ids,
+                use_cache=False,
+            )
         start = mb.prompt_width - 1  # the hidden state that has read the prompt and response[:t]
         hidden = out.last_hidden_state[:, start : start + mb.response_width]
         return self.head(hidden.float()).squeeze(-1)
@@ -75,7 +79,7 @@ def load_value_model(config: Config, device: torch.device, *, min_vocab: int | N
     try:
         lm = AutoModelForCausalLM.from_pretrained(
             resolve_model_path(path),
-            dtype=resolve_dtype(m.dtype, device),
+            dtype=weights_dtype(m, device),
             trust_remote_code=m.trust_remote_code,
         )
     except OSError as e:
@@ -106,7 +110,7 @@ def load_value_model(config: Config, device: torch.device, *, min_vocab: int | N
         )
         body = get_peft_model(body, lora)
     hidden_size = lm.config.get_text_config().hidden_size
-    return ValueModel(body, hidden_size).to(device)
+    return ValueModel(body, hidden_size, autocast_dtype(m)).to(device)
 
 
 def value_metrics(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:

@@ -43,6 +43,30 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+def autocast_dtype(cfg: ModelConfig) -> torch.dtype | None:
+    """The dtype forward passes autocast to (``model.autocast``), or None."""
+    return torch.bfloat16 if cfg.autocast == "bfloat16" else None
+
+
+def weights_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    """The parameter dtype: ``model.dtype``, except that autocast keeps float32 weights."""
+    if cfg.autocast != "none":
+        if cfg.dtype not in ("auto", "float32"):
+            raise ConfigError(
+                f"setting 'model.autocast' ({cfg.autocast}) keeps float32 weights; model.dtype must be auto or "
+                f"float32, got {cfg.dtype}"
+            )
+        return torch.float32
+    return resolve_dtype(cfg.dtype, device)
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on ``device`` in ``dtype``; a no-op context when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def load_tokenizer(cfg: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
@@ -63,7 +87,7 @@ def load_policy(cfg: ModelConfig, device: torch.device) -> Any:
     path = resolve_model_path(cfg.path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=resolve_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code
+            path, dtype=weights_dtype(cfg, device), trust_remote_code=cfg.trust_remote_code
         )
     except OSError as e:
         raise ConfigError(f"setting 'model.path': cannot load a model from '{cfg.path}' ({e})") from None

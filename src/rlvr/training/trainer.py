@@ -41,6 +41,7 @@ from rlvr.training.batch import RolloutBatch, make_batch
 from rlvr.training.critic import Critic, value_metrics
 from rlvr.training.model import (
     ReferenceModel,
+    autocast_dtype,
     count_parameters,
     load_policy,
     load_tokenizer,
@@ -93,7 +94,12 @@ class Trainer:
             if c.algorithm.sampler == "curriculum"
             else None,
         )
-        self.engine = HFEngine(self.model, self.tokenizer, max_batch_sequences=c.rollout.max_batch_sequences)
+        self.engine = HFEngine(
+            self.model,
+            self.tokenizer,
+            max_batch_sequences=c.rollout.max_batch_sequences,
+            autocast_dtype=autocast_dtype(c.model),
+        )
         self.evaluator = TrainingEvaluator(c, self.task)
         self.best_model = (
             BestModel(self.out, c.eval.best_metric, c.eval.best_mode) if c.eval.best_metric else None
@@ -135,6 +141,7 @@ class Trainer:
             max_grad_norm=c.optim.max_grad_norm,
             temperature=c.rollout.temperature if c.rollout.temperature > 0 else 1.0,
             norm_length=c.algorithm.loss_norm_length or c.rollout.max_new_tokens,
+            autocast_dtype=autocast_dtype(c.model),
         )
         self.generator = torch.Generator().manual_seed(c.training.seed)
         self.step = 0
@@ -198,13 +205,21 @@ class Trainer:
         metrics: dict[str, float] = {}
         if self._needs_recompute():
             batch.old_logprobs = compute_logprobs(
-                self.model, batch, self.update_settings.temperature, c.training.micro_batch_tokens
+                self.model,
+                batch,
+                self.update_settings.temperature,
+                c.training.micro_batch_tokens,
+                self.update_settings.autocast_dtype,
             )
         rewards = batch.rewards
         if self.reference is not None:  # KL to the reference policy, in the loss or in the reward
             with self.reference.active() as ref_model:
                 batch.extra["ref_logprobs"] = compute_logprobs(
-                    ref_model, batch, self.update_settings.temperature, c.training.micro_batch_tokens
+                    ref_model,
+                    batch,
+                    self.update_settings.temperature,
+                    c.training.micro_batch_tokens,
+                    self.update_settings.autocast_dtype,
                 )
             kl = kl_penalty(
                 logprobs=batch.old_logprobs,
@@ -309,10 +324,11 @@ class Trainer:
         """Old logprobs: the rollout's are reused when the trainer computes in float32.
 
         The engine samples from this very model, so the policy has not changed since the rollout;
-        in half precision the cached decode and the full forward differ enough to bias the ratio,
-        so they are recomputed there.
+        in half precision (bfloat16 weights or autocast) the cached decode and the full forward
+        differ enough to bias the ratio, so they are recomputed there.
         """
-        return next(self.model.parameters()).dtype != torch.float32
+        half = self.update_settings.autocast_dtype is not None
+        return half or next(self.model.parameters()).dtype != torch.float32
 
     def _make_batch(self, groups: list[ScoredGroup]) -> RolloutBatch:
         completions, rewards, correct, group_ids = [], [], [], []

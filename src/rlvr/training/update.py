@@ -25,6 +25,7 @@ from rlvr.algorithms.lm_loss import positive_lm_loss
 from rlvr.algorithms.losses import POLICY_LOSS_TENSOR_ARGS, POLICY_LOSSES
 from rlvr.distributed import all_reduce_max, all_reduce_sum, world_size
 from rlvr.training.batch import MicroBatch, RolloutBatch, micro_batches
+from rlvr.training.model import autocast_context
 
 
 @dataclass(frozen=True)
@@ -36,18 +37,22 @@ class UpdateSettings:
     temperature: float
     norm_length: int
     """Dr. GRPO's constant for seq-mean-token-sum-norm (loss_norm_length or max_new_tokens)."""
+    autocast_dtype: torch.dtype | None = None
+    """Forward passes run under torch.autocast in this dtype (model.autocast); None: no autocast."""
 
 
-def response_logits(model: Any, mb: MicroBatch) -> torch.Tensor:
-    """Logits [b, t, V] that predict the micro-batch's response tokens."""
-    out = model(
-        input_ids=mb.input_ids,
-        attention_mask=mb.attention,
-        position_ids=mb.position_ids,
-        use_cache=False,
-        logits_to_keep=mb.response_width + 1,
-    )
-    return out.logits[:, : mb.response_width]
+def response_logits(model: Any, mb: MicroBatch, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Logits [b, t, V] that predict the micro-batch's response tokens (float32 under autocast)."""
+    with autocast_context(mb.input_ids.device, autocast_dtype):
+        out = model(
+            input_ids=mb.input_ids,
+            attention_mask=mb.attention,
+            position_ids=mb.position_ids,
+            use_cache=False,
+            logits_to_keep=mb.response_width + 1,
+        )
+    logits = out.logits[:, : mb.response_width]
+    return logits.float() if autocast_dtype is not None else logits
 
 
 def response_targets(mb: MicroBatch) -> torch.Tensor:
@@ -56,12 +61,16 @@ def response_targets(mb: MicroBatch) -> torch.Tensor:
 
 @torch.no_grad()
 def compute_logprobs(
-    model: Any, batch: RolloutBatch, temperature: float, micro_batch_tokens: int
+    model: Any,
+    batch: RolloutBatch,
+    temperature: float,
+    micro_batch_tokens: int,
+    autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Per-token logprobs [B, T] of the batch's responses under ``model`` (no gradient)."""
     out = torch.zeros_like(batch.old_logprobs)
     for mb in micro_batches(batch, range(batch.size), micro_batch_tokens):
-        logits = response_logits(model, mb)
+        logits = response_logits(model, mb, autocast_dtype)
         lp = token_logprobs(logits, response_targets(mb), temperature=temperature)
         out[mb.rows, : mb.response_width] = lp.float()
     return out * batch.response_mask
@@ -161,7 +170,7 @@ def policy_update(
         for mb in micro_batches(batch, row_list, settings.micro_batch_tokens):
             t = mb.response_width
             mask = batch.response_mask[mb.rows, :t]
-            logits = response_logits(model, mb)
+            logits = response_logits(model, mb, settings.autocast_dtype)
             logprobs = token_logprobs(logits, response_targets(mb), temperature=settings.temperature)
             out = loss_fn(
                 logprobs=logprobs,
