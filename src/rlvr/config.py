@@ -410,16 +410,10 @@ def validate_eval_settings(e: EvalConfig) -> None:
         raise ConfigError(f"setting 'eval.temperature' must be >= 0, got {e.temperature}")
     if not e.benchmarks:
         raise ConfigError("setting 'eval.benchmarks' is empty; use [task] for the task's held-out split")
-    from rlvr.evaluation.sets import is_benchmark_file
-    from rlvr.tasks.benchmarks import BENCHMARKS
+    from rlvr.evaluation.sets import check_benchmark_name
 
-    valid = [*BENCHMARKS.names(), "task"]
     for name in e.benchmarks:
-        if name not in valid and not is_benchmark_file(name):
-            raise ConfigError(
-                f"setting 'eval.benchmarks': unknown benchmark '{name}'{nearest_name_hint(name, valid)} "
-                f"(valid: {', '.join(valid)}, or a .jsonl/.json/.parquet file)"
-            )
+        check_benchmark_name(name, "eval.benchmarks")
     if e.template is not None:
         from rlvr.tasks.templates import TEMPLATES
 

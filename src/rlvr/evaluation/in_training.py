@@ -28,7 +28,7 @@ from rlvr.distributed import gather_objects, rank, world_size
 from rlvr.errors import ConfigError
 from rlvr.evaluation.estimators import k_values
 from rlvr.evaluation.generation import GenerationSettings, generate_records
-from rlvr.evaluation.sets import EvalSet, FileFields, benchmark_set, file_set, task_set
+from rlvr.evaluation.sets import EvalSet, resolve_set
 from rlvr.evaluation.summary import macro_average, summarize
 from rlvr.rewards.composite import CompositeReward
 from rlvr.tasks.base import Task
@@ -41,15 +41,10 @@ _SKIPPED = ("problems", "samples_per_problem", "length_correct", "length_wrong")
 def training_eval_sets(config: Config, task: Task) -> list[EvalSet]:
     e = config.eval
     template = e.template or task.template
-    sets = []
-    for name in e.benchmarks:
-        if name == "task":
-            sets.append(task_set(task, template=e.template, num_problems=e.num_problems))
-        elif name.endswith((".jsonl", ".json", ".parquet")):
-            sets.append(file_set(name, template, FileFields(), num_problems=e.num_problems))
-        else:
-            sets.append(benchmark_set(name, template, num_problems=e.num_problems))
-    return sets
+    return [
+        resolve_set(name, template, task=task, task_template=e.template, num_problems=e.num_problems)
+        for name in e.benchmarks
+    ]
 
 
 def set_metrics(name: str, result: dict[str, Any]) -> dict[str, float]:

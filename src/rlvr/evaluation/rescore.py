@@ -30,19 +30,9 @@ from rlvr.evaluation.sets import EvalSet, math_rewards
 from rlvr.evaluation.summary import macro_average, summarize
 from rlvr.rewards.composite import CompositeReward
 from rlvr.tasks.base import Problem
-from rlvr.tasks.loading import FieldMap, load_problems, read_rows
+from rlvr.tasks.loading import FieldMap, get_field, load_problems, read_rows
 
 OWN_FIELDS = {"index", "sample", "completion", "gold"}
-
-
-def _field(row: dict[str, Any], name: str, where: str) -> Any:
-    value: Any = row
-    for part in name.split("."):
-        if not isinstance(value, dict) or part not in value:
-            keys = ", ".join(sorted(map(str, value))) if isinstance(value, dict) else type(value).__name__
-            raise DataError(f"{where}: field '{name}' is missing (fields: {keys})")
-        value = value[part]
-    return value
 
 
 def _own_sets(rows: list[tuple[str, Any]], template: str, rewards: Any) -> list[tuple[EvalSet, list]]:
@@ -87,7 +77,7 @@ def _file_set(path: Path, rows: list[tuple[str, Any]], config: EvalRunConfig, te
     problems = load_problems(path, fields, check_gold=check_gold).problems
     completions = []
     for where, row in rows:
-        value = _field(row, config.completion_field, where)
+        value = get_field(row, config.completion_field, where)
         samples = value if isinstance(value, list) else [value]
         if not samples or not all(isinstance(s, str) for s in samples):
             raise DataError(

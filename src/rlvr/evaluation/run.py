@@ -19,7 +19,7 @@ from rlvr.errors import ConfigError
 from rlvr.evaluation.config import EvalRunConfig
 from rlvr.evaluation.generation import GenerationSettings, SampleStore, batches, generate_records
 from rlvr.evaluation.report import format_table, write_outputs
-from rlvr.evaluation.sets import EvalSet, FileFields, benchmark_set, file_set, is_benchmark_file, task_set
+from rlvr.evaluation.sets import EvalSet, FileFields, resolve_set
 from rlvr.evaluation.summary import macro_average, summarize
 
 SETTINGS_FILE = "eval_settings.json"
@@ -134,11 +134,13 @@ def default_template(config: EvalRunConfig, tokenizer: Any, run_dir: Path | None
 
 
 def build_sets(config: EvalRunConfig, template: str, run_dir: Path | None) -> list[EvalSet]:
-    from rlvr.registry import nearest_name_hint
-    from rlvr.tasks.benchmarks import BENCHMARKS
-
     train = training_config(config, run_dir)
     names = config.benchmarks or (["task"] if train is not None else ["math500"])
+    task = None
+    if "task" in names and train is not None:
+        from rlvr.training.setup import build_task
+
+        task = build_task(train)
     fields = FileFields(
         config.question_field,
         config.answer_field,
@@ -146,30 +148,19 @@ def build_sets(config: EvalRunConfig, template: str, run_dir: Path | None) -> li
         config.id_field,
         tuple(config.meta_fields),
     )
-    common = {"num_problems": config.num_problems}
-    grading = {"grade_truncated": config.grade_truncated, "timeout_s": config.timeout_s}
-    sets = []
-    for name in names:
-        if name == "task":
-            if train is None:
-                raise ConfigError(
-                    "benchmark 'task' (a training task's held-out split) needs a run directory as the model "
-                    "or the setting 'train_config'"
-                )
-            from rlvr.training.setup import build_task
-
-            sets.append(task_set(build_task(train), template=config.template, **common))
-        elif name in BENCHMARKS:
-            sets.append(benchmark_set(name, template, **common, **grading))
-        elif is_benchmark_file(name):
-            sets.append(file_set(name, template, fields, **common, **grading))
-        else:
-            valid = [*BENCHMARKS.names(), "task"]
-            raise ConfigError(
-                f"unknown benchmark '{name}'{nearest_name_hint(name, valid)} (valid: {', '.join(valid)}, "
-                "or a .jsonl/.json/.parquet file)"
-            )
-    return sets
+    return [
+        resolve_set(
+            name,
+            template,
+            task=task,
+            task_template=config.template,
+            fields=fields,
+            num_problems=config.num_problems,
+            grade_truncated=config.grade_truncated,
+            timeout_s=config.timeout_s,
+        )
+        for name in names
+    ]
 
 
 def output_dir_for(config: EvalRunConfig, target: Target, several: bool) -> Path:

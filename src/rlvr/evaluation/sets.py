@@ -23,6 +23,7 @@ from typing import Literal
 from rlvr.errors import ConfigError
 from rlvr.tasks.base import Problem, RewardSpec, Task
 from rlvr.tasks.loading import FieldMap
+from rlvr.tasks.templates import stop_strings_for
 
 Equivalence = Literal["math", "exact"]
 
@@ -57,12 +58,6 @@ def math_rewards(*, grade_truncated: bool, timeout_s: float) -> tuple[RewardSpec
     return (RewardSpec("math", params={"grade_truncated": grade_truncated, "timeout_s": timeout_s}),)
 
 
-def _stops(template: str) -> tuple[str, ...]:
-    from rlvr.tasks.templates import TEMPLATES
-
-    return ("</answer>",) if TEMPLATES.get(template).answer_slot == "answer_tag" else ()
-
-
 def _subset(problems: list[Problem], num_problems: int | None) -> list[Problem]:
     return problems[:num_problems] if num_problems else problems
 
@@ -86,7 +81,7 @@ def benchmark_set(
         problems=_subset(loaded.problems, num_problems),
         template=template,
         rewards=math_rewards(grade_truncated=grade_truncated, timeout_s=timeout_s),
-        stop_strings=_stops(template),
+        stop_strings=stop_strings_for(template),
         equivalence="math",
         breakdown=spec.fields.meta,
         skipped=tuple(loaded.skipped),
@@ -116,7 +111,7 @@ def file_set(
         problems=_subset(loaded.problems, num_problems),
         template=template,
         rewards=math_rewards(grade_truncated=grade_truncated, timeout_s=timeout_s),
-        stop_strings=_stops(template),
+        stop_strings=stop_strings_for(template),
         equivalence="math",
         breakdown=fields.meta,
     )
@@ -133,7 +128,7 @@ def task_set(task: Task, *, template: str | None = None, num_problems: int | Non
         problems=_subset(task.test, num_problems),
         template=template,
         rewards=task.rewards,
-        stop_strings=task.stop_strings if template == task.template else _stops(template),
+        stop_strings=task.stop_strings if template == task.template else stop_strings_for(template),
         equivalence="math" if any(r.name == "math" for r in task.rewards) else "exact",
         breakdown=tuple(meta),
     )
@@ -141,3 +136,43 @@ def task_set(task: Task, *, template: str | None = None, num_problems: int | Non
 
 def is_benchmark_file(entry: str) -> bool:
     return Path(entry).suffix.lower() in (".jsonl", ".json", ".parquet")
+
+
+def check_benchmark_name(name: str, key: str = "benchmarks") -> None:
+    """ConfigError naming ``key`` unless ``name`` is a shipped benchmark, 'task' or a data file."""
+    from rlvr.registry import nearest_name_hint
+    from rlvr.tasks.benchmarks import BENCHMARKS
+
+    valid = [*BENCHMARKS.names(), "task"]
+    if name not in valid and not is_benchmark_file(name):
+        raise ConfigError(
+            f"setting '{key}': unknown benchmark '{name}'{nearest_name_hint(name, valid)} "
+            f"(valid: {', '.join(valid)}, or a .jsonl/.json/.parquet file)"
+        )
+
+
+def resolve_set(
+    name: str,
+    template: str,
+    *,
+    task: Task | None = None,
+    task_template: str | None = None,
+    fields: FileFields = FileFields(),
+    num_problems: int | None = None,
+    grade_truncated: bool = True,
+    timeout_s: float = 5.0,
+) -> EvalSet:
+    """The set a benchmark entry names (module docstring). ``task`` is the training task 'task'
+    evaluates, with ``task_template`` overriding its template; other entries use ``template``."""
+    check_benchmark_name(name)
+    grading = {"grade_truncated": grade_truncated, "timeout_s": timeout_s}
+    if name == "task":
+        if task is None:
+            raise ConfigError(
+                "benchmark 'task' (a training task's held-out split) needs a run directory as the model "
+                "or the setting 'train_config'"
+            )
+        return task_set(task, template=task_template, num_problems=num_problems)
+    if is_benchmark_file(name):
+        return file_set(name, template, fields, num_problems=num_problems, **grading)
+    return benchmark_set(name, template, num_problems=num_problems, **grading)

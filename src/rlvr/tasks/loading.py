@@ -110,7 +110,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
     yield from _READERS.get(suffix)(path)
 
 
-def _get_field(row: Any, name: str, where: str) -> Any:
+def get_field(row: Any, name: str, where: str) -> Any:
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object with fields, got {type(row).__name__}")
     value: Any = row
@@ -172,20 +172,20 @@ def _problem_from_row(
     check_gold: Callable[[str], None] | None,
     id_prefix: str,
 ) -> Problem:
-    parts = [_get_field(row, name, where) for name in fields.question.split("+")]
+    parts = [get_field(row, name, where) for name in fields.question.split("+")]
     for name, part in zip(fields.question.split("+"), parts, strict=True):
         if not isinstance(part, str) or not part.strip():
             raise DataError(f"{where}: field '{name}' must be a non-empty string, got {part!r:.80}")
     question = " ".join(p.strip() for p in parts)
-    raw_answer = _get_field(row, fields.answer, where)
+    raw_answer = get_field(row, fields.answer, where)
     try:
         gold = read_gold(raw_answer, fields.answer_format)
         if check_gold is not None:
             check_gold(gold)
     except (ValueError, DataError) as e:
         raise DataError(f"{where}: field '{fields.answer}': {e}") from None
-    pid = str(_get_field(row, fields.id, where)) if fields.id else f"{id_prefix}{index}"
-    meta = {name: _get_field(row, name, where) for name in fields.meta}
+    pid = str(get_field(row, fields.id, where)) if fields.id else f"{id_prefix}{index}"
+    meta = {name: get_field(row, name, where) for name in fields.meta}
     meta["source"] = where
     return Problem(id=pid, question=question, answer=gold, meta=meta)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from rlvr.tasks.base import TASKS, Problem, RewardSpec, Task
 from rlvr.tasks.benchmarks import DATA_DIR, load_benchmark
 from rlvr.tasks.loading import FieldMap, LoadResult, load_any
-from rlvr.tasks.templates import TEMPLATES
+from rlvr.tasks.templates import TEMPLATES, stop_strings_for
 
 MATH_TRAIN = DATA_DIR / "train" / "math_train.json"
 GSM8K_TRAIN = DATA_DIR / "train" / "gsm8k_train.jsonl"
@@ -102,7 +102,7 @@ def math_task(
         test=_subsample(test.problems, num_test, seed),
         template=template,
         rewards=_math_rewards(template, strict, format_weight),
-        stop_strings=("</answer>",) if TEMPLATES.get(template).answer_slot == "answer_tag" else (),
+        stop_strings=stop_strings_for(template),
     )
 
 
@@ -133,5 +133,5 @@ def gsm8k_task(
         test=_subsample(test.problems, num_test, seed),
         template=template,
         rewards=_math_rewards(template, strict, format_weight),
-        stop_strings=("</answer>",) if TEMPLATES.get(template).answer_slot == "answer_tag" else (),
+        stop_strings=stop_strings_for(template),
     )

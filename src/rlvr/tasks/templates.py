@@ -75,6 +75,12 @@ for _t in (
     TEMPLATES.register(_t.name)(_t)
 
 
+def stop_strings_for(template: str | Template) -> tuple[str, ...]:
+    """Generation stops at ``</answer>`` for templates whose answer goes in the answer tag."""
+    t = TEMPLATES.get(template) if isinstance(template, str) else template
+    return ("</answer>",) if t.answer_slot == "answer_tag" else ()
+
+
 def render_prompt(template: str | Template, question: str, tokenizer: Any = None) -> str:
     """The prompt text for ``question``; chat templates go through ``tokenizer.apply_chat_template``."""
     t = TEMPLATES.get(template) if isinstance(template, str) else template

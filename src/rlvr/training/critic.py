@@ -39,7 +39,7 @@ from rlvr.config import Config
 from rlvr.distributed import all_reduce_max, all_reduce_sum, world_size
 from rlvr.errors import ConfigError, DataError
 from rlvr.training.batch import MicroBatch, RolloutBatch, micro_batches
-from rlvr.training.model import autocast_context, autocast_dtype, resolve_model_path, weights_dtype
+from rlvr.training.model import autocast_context, autocast_dtype, resolve_model_path, weights_dtype, with_lora
 from rlvr.training.update import WeightedMetrics
 
 
@@ -98,17 +98,7 @@ def load_value_model(config: Config, device: torch.device, *, min_vocab: int | N
     if body is lm:
         raise ConfigError(f"setting '{key}': {type(lm).__name__} exposes no transformer body (base_model)")
     if c.lora_rank > 0:
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:
-            raise ConfigError("setting 'critic.lora_rank' > 0 needs peft: pip install 'rlvr[lora]'") from None
-        lora = LoraConfig(
-            r=c.lora_rank,
-            lora_alpha=m.lora_alpha,
-            lora_dropout=m.lora_dropout,
-            target_modules=list(m.lora_target_modules),
-        )
-        body = get_peft_model(body, lora)
+        body = with_lora(body, m, c.lora_rank, "critic.lora_rank")
     hidden_size = lm.config.get_text_config().hidden_size
     return ValueModel(body, hidden_size, autocast_dtype(m)).to(device)
 

@@ -96,19 +96,25 @@ def load_policy(cfg: ModelConfig, device: torch.device) -> Any:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.lora_rank > 0:
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:
-            raise ConfigError("setting 'model.lora_rank' > 0 needs peft: pip install 'rlvr[lora]'") from None
-        lora = LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.lora_target_modules),
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+        model = with_lora(model, cfg, cfg.lora_rank, "model.lora_rank", task_type="CAUSAL_LM")
     return model
+
+
+def with_lora(module: Any, cfg: ModelConfig, rank: int, key: str, task_type: str | None = None) -> Any:
+    """``module`` with LoRA adapters of rank ``rank`` (alpha, dropout and target modules from
+    ``cfg``), through peft; ``key`` names the setting that asked for them."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError(f"setting '{key}' > 0 needs peft: pip install 'rlvr[lora]'") from None
+    lora = LoraConfig(
+        r=rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
+        task_type=task_type,
+    )
+    return get_peft_model(module, lora)
 
 
 class ReferenceModel:
