@@ -122,25 +122,26 @@ def training_config(config: EvalRunConfig, run_dir: Path | None) -> Any:
     return run_config(run_dir) if run_dir is not None else None
 
 
-def default_template(config: EvalRunConfig, tokenizer: Any, run_dir: Path | None) -> str:
+def training_task(config: EvalRunConfig, run_dir: Path | None) -> Any:
+    """The training task 'task' evaluates (``train_config``'s, else the run's), or None."""
+    train = training_config(config, run_dir)
+    if train is None:
+        return None
+    from rlvr.training.setup import build_task
+
+    return build_task(train)
+
+
+def default_template(config: EvalRunConfig, tokenizer: Any, task: Any) -> str:
     if config.template:
         return config.template
-    train = training_config(config, run_dir)
-    if train is not None:
-        from rlvr.training.setup import build_task
-
-        return build_task(train).template
+    if task is not None:
+        return task.template
     return "qwen_boxed" if getattr(tokenizer, "chat_template", None) else "r1_zero"
 
 
-def build_sets(config: EvalRunConfig, template: str, run_dir: Path | None) -> list[EvalSet]:
-    train = training_config(config, run_dir)
-    names = config.benchmarks or (["task"] if train is not None else ["math500"])
-    task = None
-    if "task" in names and train is not None:
-        from rlvr.training.setup import build_task
-
-        task = build_task(train)
+def build_sets(config: EvalRunConfig, template: str, task: Any) -> list[EvalSet]:
+    names = config.benchmarks or (["task"] if task is not None else ["math500"])
     fields = FileFields(
         config.question_field,
         config.answer_field,
@@ -273,8 +274,9 @@ def evaluate_target(config: EvalRunConfig, target: Target, out: Path, log: Any =
 
     device = resolve_device(config.device)
     model, tokenizer = load_eval_model(target.model_path, device, config.dtype)
-    template = default_template(config, tokenizer, target.run_dir)
-    sets = build_sets(config, template, target.run_dir)
+    task = training_task(config, target.run_dir)
+    template = default_template(config, tokenizer, task)
+    sets = build_sets(config, template, task)
     settings = settings_record(config, target, sets)
     check_output_dir(out, settings, config.overwrite)
     engine = HFEngine(model, tokenizer, max_batch_sequences=config.max_batch_sequences)
