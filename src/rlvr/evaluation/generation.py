@@ -81,6 +81,18 @@ def batches(num_problems: int, size: int) -> list[range]:
     return [range(start, min(start + size, num_problems)) for start in range(0, num_problems, size)]
 
 
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace ``path`` with ``records``, one JSON object per line (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class SampleStore:
     """The per-sample records of one benchmark, written batch by batch (module docstring)."""
 
@@ -112,19 +124,8 @@ class SampleStore:
             by_batch.setdefault(batch, []).append(record)
         kept = {b: rs for b, rs in by_batch.items() if len(rs) == self.expected.get(b, -1)}
         if len(kept) != len(by_batch) or lines[-1]:
-            self.write([r for b in sorted(kept) for r in kept[b]])
+            write_records(self.path, [r for b in sorted(kept) for r in kept[b]])
         return kept
-
-    def write(self, records: list[dict[str, Any]]) -> None:
-        """Replace the file with ``records`` (atomically)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
 
     def append(self, records: list[dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

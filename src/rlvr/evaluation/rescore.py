@@ -23,7 +23,7 @@ from typing import Any
 
 from rlvr.errors import DataError
 from rlvr.evaluation.config import EvalRunConfig
-from rlvr.evaluation.generation import SampleStore
+from rlvr.evaluation.generation import write_records
 from rlvr.evaluation.report import format_table, write_outputs
 from rlvr.evaluation.scoring import Generated, score_records
 from rlvr.evaluation.sets import EvalSet, math_rewards
@@ -120,9 +120,7 @@ def rescore_file(config: EvalRunConfig, log: Any = print) -> dict[str, Any]:
             n,
             prompts=[p.question for p in eval_set.problems],
         )
-        SampleStore(out / "samples" / f"{eval_set.name}.jsonl", num_problems=0, n=n, batch_size=1).write(
-            records
-        )
+        write_records(out / "samples" / f"{eval_set.name}.jsonl", records)
         benchmarks[eval_set.name] = summarize(
             records,
             equivalence=eval_set.equivalence,
