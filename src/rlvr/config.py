@@ -208,6 +208,22 @@ class LoggingConfig:
 
 
 @dataclass
+class ParallelConfig:
+    strategy: Literal["none", "ddp", "fsdp2"] = "ddp"
+    """How ranks share the model under torchrun (a single process ignores it): ddp keeps a full
+    replica per rank and all-reduces gradients; fsdp2 shards parameters, gradients and optimizer
+    state over the ranks (fully_shard per decoder layer and the root); none allows one rank only."""
+    mixed_precision: Literal["none", "bfloat16"] = "none"
+    """fsdp2 only: compute in bfloat16 parameters gathered from float32 shards, and reduce gradients
+    in float32 (FSDP2's MixedPrecisionPolicy)."""
+    cpu_offload: bool = False
+    """fsdp2 only: keep parameter shards, gradients and optimizer state in CPU memory between uses."""
+    timeout_s: float = 600.0
+    """Seconds a collective waits for the other ranks before the job fails with an error (a dead
+    rank ends the run instead of hanging it)."""
+
+
+@dataclass
 class Config:
     preset: str | None = None
     """A named recipe (rlvr presets) applied before the file's own settings."""
@@ -221,6 +237,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 # --- key checking --------------------------------------------------------------------------
@@ -396,6 +413,20 @@ def validate_config(config: Config) -> None:
     validate_eval_settings(config.eval)
     validate_algorithm_config(config.algorithm)
     _validate_critic(config.critic)
+    _validate_parallel(config.parallel)
+
+
+def _validate_parallel(p: ParallelConfig) -> None:
+    _positive(p.timeout_s, "parallel.timeout_s")
+    if p.strategy != "fsdp2":
+        for key, value, default in (
+            ("parallel.mixed_precision", p.mixed_precision, "none"),
+            ("parallel.cpu_offload", p.cpu_offload, False),
+        ):
+            if value != default:
+                raise ConfigError(
+                    f"setting '{key}' ({value}) needs parallel.strategy fsdp2, got {p.strategy}"
+                )
 
 
 def validate_eval_settings(e: EvalConfig) -> None:
