@@ -29,9 +29,16 @@ def _train(args: argparse.Namespace) -> int:
 
     path, overrides = _split_config_and_overrides(args.items)
     config = load_config(path, overrides)  # every key checked before any model loads
+    from rlvr.distributed import rank, restart_count, shutdown
     from rlvr.training.trainer import train
 
-    result = train(config, resume=args.resume)
+    try:  # a group torchrun restarted (--max-restarts) resumes from the last checkpoint
+        result = train(config, resume=args.resume or restart_count() > 0)
+        speaks = rank() == 0
+    finally:
+        shutdown()
+    if not speaks:  # one summary, from rank 0
+        return 0
     before = result.eval_before.get("eval/accuracy")
     after = result.eval_after.get("eval/accuracy")
     if result.interrupted:

@@ -8,8 +8,14 @@ scaling out changes no algorithm code.
 
 from __future__ import annotations
 
+import datetime
+import os
+
 import torch
 import torch.distributed as dist
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+"""What torchrun sets in every worker's environment."""
 
 
 def is_distributed() -> bool:
@@ -22,6 +28,56 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
+
+
+def local_rank() -> int:
+    """This process's index on its machine (torchrun's LOCAL_RANK; 0 without torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def launched_by_torchrun() -> bool:
+    return all(name in os.environ for name in LAUNCH_VARIABLES)
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this worker group (``--max-restarts``); 0 at first."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def init_from_environment(*, timeout_s: float, use_cuda: bool) -> bool:
+    """Join the process group torchrun describes in the environment; False when not under torchrun.
+
+    NCCL when the ranks train on CUDA devices (each rank on ``cuda:LOCAL_RANK``), gloo on CPU. A
+    collective that waits more than ``timeout_s`` seconds for another rank fails instead of hanging.
+    """
+    if is_distributed():
+        return True
+    if not launched_by_torchrun():
+        return False
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return True
+
+
+def shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself without a process group)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

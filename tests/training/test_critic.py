@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 from training_fixtures import random_completions, tiny_model
 
 from rlvr.algorithms.advantages import gae, vapo, whiten_advantages
@@ -18,7 +19,7 @@ from rlvr.algorithms.value import value_loss_fn
 from rlvr.config import load_config
 from rlvr.errors import ConfigError
 from rlvr.training.batch import make_batch
-from rlvr.training.checkpoint import latest_checkpoint
+from rlvr.training.checkpoint import STATE_DIR, latest_checkpoint, load_checkpoint, save_checkpoint
 from rlvr.training.critic import Critic, ValueModel, load_value_model, monte_carlo_returns
 from rlvr.training.trainer import CRITIC_PRETRAIN_FILE, Trainer
 from rlvr.training.update import minibatch_schedule
@@ -231,7 +232,7 @@ def test_value_pretraining_runs_once_a_killed_run_restarts_it_and_a_resumed_run_
     assert sum("value pretraining" in line for line in log) == 2  # done again from the start
     lines = (tmp_path / CRITIC_PRETRAIN_FILE).read_text().splitlines()
     assert [json.loads(line)["pretrain_step"] for line in lines] == [1, 2]
-    assert (tmp_path / "checkpoints" / "step-000000" / "critic.pt").is_file()  # saved once done
+    assert (tmp_path / "checkpoints" / "step-000000" / "critic_scheduler.pt").is_file()  # saved once done
 
     log.clear()
     resumed = Trainer(_toy(tmp_path, "vapo", *extra, "training.steps=2"), log=log.append)
@@ -330,8 +331,14 @@ def test_lora_critic_trains_only_its_adapter_and_head_and_reloads(tmp_path):
         if not p.requires_grad:
             assert torch.equal(p, frozen[name]), name
 
-    state = critic.state_dict()
-    assert set(state["weights"]) == set(trainable)  # the frozen body is not saved
+    policy = tiny_model(81)
+    modules, extra = critic.checkpoint_parts()
+    path = save_checkpoint(tmp_path / "run", 1, model=policy, modules=modules, extra_states=extra)
+    metadata = dcp.FileSystemReader(str(path / STATE_DIR)).read_metadata().state_dict_metadata
+    saved = {k.removeprefix("critic.model.") for k in metadata if k.startswith("critic.model.")}
+    assert saved == set(trainable)  # the frozen body is not saved
     fresh = Critic.from_config(config, torch.device("cpu"))
-    fresh.load_state_dict(state)
+    fresh_modules, fresh_extra = fresh.checkpoint_parts()
+    load_checkpoint(path, model=policy, modules=fresh_modules, extra_states=fresh_extra)
     torch.testing.assert_close(fresh.values(batch), critic.values(batch))
+    assert fresh.optimizer.state_dict()["state"].keys() == critic.optimizer.state_dict()["state"].keys()

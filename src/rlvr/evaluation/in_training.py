@@ -113,8 +113,19 @@ class BestModel:
             return True
         return value > self.best if self.mode == "max" else value < self.best
 
-    def update(self, step: int, metrics: dict[str, float], model: Any, tokenizer: Any) -> bool:
-        """Save the model when ``metrics`` holds a better value of the metric; True when it did."""
+    def update(
+        self,
+        step: int,
+        metrics: dict[str, float],
+        model: Any,
+        tokenizer: Any,
+        *,
+        state_dict: dict[str, Any] | None = None,
+    ) -> bool:
+        """Save the model when ``metrics`` holds a better value of the metric; True when it did.
+
+        ``state_dict`` holds the weights of a sharded model, gathered on rank 0 beforehand.
+        """
         if self.metric not in metrics:
             available = ", ".join(sorted(k for k in metrics if k.startswith("eval/")))
             raise ConfigError(
@@ -126,14 +137,16 @@ class BestModel:
             return False
         self.best = value
         if rank() == 0:
-            self._save(step, value, model, tokenizer)
+            self._save(step, value, model, tokenizer, state_dict)
         return True
 
-    def _save(self, step: int, value: float, model: Any, tokenizer: Any) -> None:
+    def _save(
+        self, step: int, value: float, model: Any, tokenizer: Any, state_dict: dict[str, Any] | None
+    ) -> None:
         from rlvr.training.model import save_model_dir
 
         tmp = self.dir.with_name(f".{BEST_DIR}-tmp-{uuid.uuid4().hex[:8]}")
-        save_model_dir(model, tokenizer, tmp)
+        save_model_dir(model, tokenizer, tmp, state_dict=state_dict)
         (tmp / BEST_FILE).write_text(json.dumps({"step": step, "metric": self.metric, "value": value}) + "\n")
         old = self.dir.with_name(f".{BEST_DIR}-old-{uuid.uuid4().hex[:8]}")
         if self.dir.exists():

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlvr.distributed import all_reduce_max, gather_objects, world_size
 from rlvr.rollout.types import Completion
 
 
@@ -34,6 +35,9 @@ class RolloutBatch:
     response_lengths: list[int]
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     """Per-step tensors added later: advantages, returns, ref_logprobs, values."""
+    row_keys: list[tuple[int, int]] = field(default_factory=list)
+    """(group position in the step, index in the group) of every row: unique over all ranks, so
+    the rows of all ranks sort into the order one process would have them in."""
 
     @property
     def size(self) -> int:
@@ -58,10 +62,15 @@ def make_batch(
     correct: Sequence[bool],
     group_ids: Sequence[int],
     pad_id: int,
+    row_keys: Sequence[tuple[int, int]] | None = None,
 ) -> RolloutBatch:
-    """Pad completions (with their prompts) into a :class:`RolloutBatch`."""
-    P = max(len(c.prompt_ids) for c in completions)
-    T = max(1, max(len(c.token_ids) for c in completions))
+    """Pad completions (with their prompts) into a :class:`RolloutBatch`.
+
+    ``row_keys`` defaults to (group id, index within the group). No completions give a batch of
+    zero rows (a rank whose share of the step is empty still takes part in every collective).
+    """
+    P = max((len(c.prompt_ids) for c in completions), default=1)
+    T = max(1, max((len(c.token_ids) for c in completions), default=1))
     B = len(completions)
     ids = torch.full((B, P + T), pad_id, dtype=torch.long)
     attention = torch.zeros((B, P + T), dtype=torch.long)
@@ -86,7 +95,31 @@ def make_batch(
         group_ids=torch.tensor(list(group_ids), dtype=torch.long),
         prompt_lengths=[len(c.prompt_ids) for c in completions],
         response_lengths=[len(c.token_ids) for c in completions],
+        row_keys=list(row_keys) if row_keys is not None else _keys_from_groups(group_ids),
     )
+
+
+def _keys_from_groups(group_ids: Sequence[int]) -> list[tuple[int, int]]:
+    seen: dict[int, int] = {}
+    keys = []
+    for g in group_ids:
+        keys.append((int(g), seen.get(g, 0)))
+        seen[g] = seen.get(g, 0) + 1
+    return keys
+
+
+def global_row_positions(row_keys: Sequence[tuple[int, int]]) -> tuple[list[int], int]:
+    """Each local row's position among the rows of all ranks, and how many rows there are in all.
+
+    Positions follow the sorted keys, which is the order of the rows in one process; mini-batches
+    drawn over positions are therefore the same whatever the number of ranks.
+    """
+    everyone = gather_objects([tuple(k) for k in row_keys])
+    order = sorted(k for part in everyone for k in part)  # type: ignore[union-attr]
+    index = {k: i for i, k in enumerate(order)}
+    if len(index) != len(order):
+        raise ValueError("row keys are not unique over the ranks")
+    return [index[tuple(k)] for k in row_keys], len(order)
 
 
 @dataclass
@@ -99,6 +132,21 @@ class MicroBatch:
     position_ids: torch.Tensor  # [b, p + t]
     prompt_width: int  # p: logits[:, p - 1 + j] predict response token j
     response_width: int  # t
+
+    @property
+    def is_idle(self) -> bool:
+        """A placeholder forward of one token: see :func:`aligned_micro_batches`."""
+        return self.rows.numel() == 0
+
+
+def idle_micro_batch(device: torch.device) -> MicroBatch:
+    """Two tokens of id 0, no rows: a forward pass whose output is discarded (or backpropagated
+    times zero) so that this rank takes part in the collectives of a sharded model."""
+    ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+    positions = torch.arange(2, device=device).unsqueeze(0)
+    return MicroBatch(
+        torch.zeros(0, dtype=torch.long, device=device), ids, torch.ones_like(ids), positions, 1, 1
+    )
 
 
 def micro_batches(batch: RolloutBatch, rows: Sequence[int], max_tokens: int) -> Iterator[MicroBatch]:
@@ -131,6 +179,19 @@ def micro_batches(batch: RolloutBatch, rows: Sequence[int], max_tokens: int) -> 
         p_max, t_max = new_p, new_t
     if current:
         yield emit(current, p_max, t_max)
+
+
+def aligned_micro_batches(batch: RolloutBatch, rows: Sequence[int], max_tokens: int) -> list[MicroBatch]:
+    """:func:`micro_batches`, padded with idle micro-batches to the largest count of any rank.
+
+    Under FSDP2 every forward and backward pass gathers and reduces parameters with the other
+    ranks, so every rank must run the same number of them; with one process nothing is added.
+    """
+    out = list(micro_batches(batch, rows, max_tokens))
+    if world_size() > 1:
+        most = int(all_reduce_max(torch.tensor(len(out))).item())
+        out += [idle_micro_batch(batch.input_ids.device) for _ in range(most - len(out))]
+    return out
 
 
 def to_response_width(values: torch.Tensor, width: int) -> torch.Tensor:

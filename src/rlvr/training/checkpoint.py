@@ -1,17 +1,27 @@
-"""Checkpoints written atomically, kept few, and loaded back to continue a run exactly.
+"""Checkpoints written atomically, kept few, and loaded back to continue a run exactly, on any
+number of ranks.
 
 A checkpoint is a directory ``run_dir/checkpoints/step-000123/``::
 
-    config.json, model.safetensors, ...     the model, as ``save_pretrained`` writes it: a Hugging Face
-                                            model directory that ``from_pretrained`` loads (for a peft
-                                            model: adapter_config.json + adapter_model.safetensors)
+    state/                                  the training state, written with torch.distributed.checkpoint
+                                            (DCP): the trainable weights and the optimizer state of the
+                                            model (key ``model``, ``optimizer``) and of each ``modules``
+                                            entry (``<name>.model``, ``<name>.optimizer``), one shard file
+                                            per rank plus ``.metadata``
+    config.json, model.safetensors, ...     the model exported as ``save_pretrained`` writes it (rank 0):
+                                            a Hugging Face model directory that ``from_pretrained`` loads
+                                            (for a peft model: adapter_config.json + adapter_model.safetensors)
     tokenizer.json, tokenizer_config.json   the tokenizer, when one is given
-    optimizer.pt, scheduler.pt              ``torch.save`` of their state dicts
+    scheduler.pt                            ``torch.save`` of the scheduler's state dict
     <name>.pt                               the state dict of each ``extra_states`` object
     rng.pt                                  RNG states (python, numpy, torch CPU and CUDA) of every rank
     trainer_state.pt                        the trainer-state entries that hold tensors, if any
     trainer_state.json                      the JSON-able trainer-state entries, always with ``step``;
                                             written last
+
+Resuming reads ``state/``: DCP reshards on load, so a run saved on 2 ranks continues on 1 and the
+reverse, whatever the strategy (replicated or FSDP2-sharded). Frozen weights (the base model under a
+LoRA adapter) are not saved: they are the ones ``model.path`` loads.
 
 Atomicity: everything is written into a hidden sibling ``.tmp-step-000123-<id>/``, every file and the
 directory are fsync'd, then the directory is renamed into place (a rename within one file system is
@@ -23,10 +33,9 @@ once more after the final evaluation) renames the old one to ``.replaced-step-00
 one takes its place; should a kill fall between those two renames, the ``.replaced`` copy (complete) still
 counts as that step's checkpoint and the next save renames it back.
 
-Distributed runs: every rank calls :func:`save_checkpoint` (the RNG states of all ranks are gathered);
-only rank 0 writes, then all ranks wait at a barrier. The model must be one whose full state dict rank 0
-can read (a plain or DDP-wrapped model); sharded (FSDP) state is not handled here. Every rank calls
-:func:`load_checkpoint` and gets its own RNG state back.
+Distributed runs: every rank calls :func:`save_checkpoint` and :func:`load_checkpoint` (both are
+collective). Every rank writes its shard of ``state/`` into rank 0's temporary directory (several
+machines need a shared file system for the run directory); rank 0 writes the rest and publishes.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from typing import Any
 
 import torch
 
-from rlvr.distributed import is_distributed, rank, world_size
+from rlvr.distributed import barrier, broadcast_object, rank, world_size
 from rlvr.errors import ConfigError, DataError
 from rlvr.training.rng import capture_rng_state as capture_rng_state  # re-exported
 from rlvr.training.rng import gather_rng_states, restore_rng_state
@@ -54,7 +63,7 @@ CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE_JSON = "trainer_state.json"
 TRAINER_STATE_PT = "trainer_state.pt"
 RNG_FILE = "rng.pt"
-OPTIMIZER_FILE = "optimizer.pt"
+STATE_DIR = "state"
 SCHEDULER_FILE = "scheduler.pt"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -63,7 +72,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 _REPLACED_DIR = re.compile(r"^\.replaced-step-(\d+)-[0-9a-f]+$")
 _TMP_PREFIX = ".tmp-"
 _DELETING_PREFIX = ".deleting-"
-_RESERVED_NAMES = {"optimizer", "scheduler", "rng", "trainer_state", "model", "adapter_model"}
+_RESERVED_NAMES = {"optimizer", "scheduler", "rng", "trainer_state", "model", "adapter_model", "state"}
 
 
 def checkpoint_name(step: int) -> str:
@@ -127,11 +136,97 @@ def _is_peft_model(model: Any) -> bool:
     return peft is not None and isinstance(model, peft.PeftModel)
 
 
-def _barrier() -> None:
-    if is_distributed():
-        import torch.distributed as dist
+def _is_sharded(model: Any) -> bool:
+    from torch.distributed.tensor import DTensor
 
-        dist.barrier()
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _state_options(*, for_loading: bool = False) -> Any:
+    """Trainable weights only; loading them leaves the frozen ones (DCP has already checked that
+    every trainable weight is in the checkpoint)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True, strict=not for_loading)
+
+
+def _training_state(model: Any, optimizer: Any, modules: Mapping[str, tuple[Any, Any]]) -> dict[str, Any]:
+    """The DCP state: trainable weights and optimizer state of the model and of each of ``modules``."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    state: dict[str, Any] = {}
+    for prefix, (module, opt) in {"": (model, optimizer), **modules}.items():
+        key = f"{prefix}." if prefix else ""
+        if opt is None:
+            state[f"{key}model"] = get_model_state_dict(module, options=_state_options())
+        else:
+            state[f"{key}model"], state[f"{key}optimizer"] = get_state_dict(
+                module, optimizers=opt, options=_state_options()
+            )
+    return state
+
+
+def _apply_training_state(
+    state: dict[str, Any], model: Any, optimizer: Any, modules: Mapping[str, tuple[Any, Any]]
+) -> None:
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
+    for prefix, (module, opt) in {"": (model, optimizer), **modules}.items():
+        key = f"{prefix}." if prefix else ""
+        if opt is None:
+            set_model_state_dict(module, state[f"{key}model"], options=_state_options(for_loading=True))
+        else:
+            set_state_dict(
+                module,
+                optimizers=opt,
+                model_state_dict=state[f"{key}model"],
+                optim_state_dict=state[f"{key}optimizer"],
+                options=_state_options(for_loading=True),
+            )
+
+
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns that it runs in a single process when there is no process group: that is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _flat_keys(state: Mapping[str, Any], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        keys |= _flat_keys(value, f"{name}.") if isinstance(value, Mapping) else {name}
+    return keys
+
+
+def _check_saved_keys(directory: Path, state: Mapping[str, Any]) -> None:
+    """Weights the checkpoint has but the model lacks are an error (DCP would skip them silently)."""
+    import torch.distributed.checkpoint as dcp
+
+    saved = dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata
+    wanted = _flat_keys(state)
+    prefixes = tuple(f"{key}." for key in state if key == "model" or key.endswith(".model"))
+    extra = sorted(k for k in saved if k.startswith(prefixes) and k not in wanted)
+    if extra:
+        raise DataError(
+            f"{directory}: the checkpoint holds weights this model does not have: {extra[:5]} "
+            "(was it saved with other model, critic or lora settings?)"
+        )
+
+
+def _export_state(model: Any) -> dict[str, torch.Tensor] | None:
+    """The state dict rank 0 exports for a sharded model (collective); None for a replicated one,
+    which ``save_pretrained`` reads itself."""
+    if not _is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(
+        full_state_dict=True, cpu_offload=True, ignore_frozen_params=_is_peft_model(model)
+    )
+    return get_model_state_dict(model, options=options)
 
 
 def _needs_torch(value: Any, where: str) -> bool:
@@ -240,8 +335,8 @@ def _write_checkpoint(
     directory: Path,
     *,
     model: Any,
+    export_state: dict[str, torch.Tensor] | None,
     tokenizer: Any,
-    optimizer: Any,
     scheduler: Any,
     extra_states: Mapping[str, Any],
     json_state: dict[str, Any],
@@ -253,16 +348,17 @@ def _write_checkpoint(
             f"save_checkpoint: model of type {type(model).__name__} has no save_pretrained; "
             "pass a Hugging Face (or peft) model"
         )
-    with _no_progress_bars():
-        model.save_pretrained(directory)  # safetensors: the only format of transformers 5, peft's default
+    with _no_progress_bars():  # safetensors: the only format of transformers 5, peft's default
+        if export_state is None:
+            model.save_pretrained(directory)
+        else:
+            model.save_pretrained(directory, state_dict=export_state)
     if not any(directory.glob("*.safetensors")):
         raise ConfigError(
             f"save_checkpoint: {type(model).__name__}.save_pretrained wrote no safetensors file"
         )
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
     if scheduler is not None:
         torch.save(scheduler.state_dict(), directory / SCHEDULER_FILE)
     for name, obj in extra_states.items():
@@ -285,6 +381,7 @@ def save_checkpoint(
     trainer_state: Mapping[str, Any] | None = None,
     keep_last: int | None = 2,
     extra_states: Mapping[str, Any] | None = None,
+    modules: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoints/step-<step>/`` atomically, then delete all but the ``keep_last`` newest.
 
@@ -293,14 +390,17 @@ def save_checkpoint(
         step: the number of completed training steps.
         model: a Hugging Face model (full weights) or a peft model (the adapter is saved).
         tokenizer: saved beside the model so that the directory is self-contained; optional.
-        optimizer, scheduler: their ``state_dict()`` is saved; optional.
+        optimizer: its state goes to ``state/`` with the model's trainable weights; optional.
+        scheduler: its ``state_dict()`` is saved; optional.
         trainer_state: the loop's own state (position in the data, counters, generators). Entries of JSON
             types go to ``trainer_state.json``; entries holding tensors to ``trainer_state.pt``. ``step``
             is added (and must equal ``step`` if given).
         keep_last: how many checkpoints to keep (>= 1), counting this one; None keeps all. Only
             checkpoints of steps up to ``step`` are deleted; the one just written is always kept.
-        extra_states: more objects with ``state_dict()`` (a critic's optimizer, a grad scaler), saved
-            as ``<name>.pt``.
+        extra_states: more objects with ``state_dict()`` that are the same on every rank (a critic's
+            schedule, a grad scaler), saved as ``<name>.pt`` by rank 0.
+        modules: more trained models, ``name -> (module, optimizer or None)`` (a critic), saved in
+            ``state/`` like the model.
 
     Returns the checkpoint directory (on every rank). Call it on every rank (see the module docstring).
     """
@@ -313,6 +413,7 @@ def save_checkpoint(
             f"save_checkpoint: keep_last must be an int >= 1 or None (keep all), got {keep_last!r}"
         )
     _check_extra_names(extra_states)
+    _check_extra_names(modules)
     state = dict(trainer_state or {})
     if "step" in state and state["step"] != step:
         raise ConfigError(f"save_checkpoint: trainer_state['step'] = {state['step']!r} but step = {step}")
@@ -322,17 +423,26 @@ def save_checkpoint(
 
     root = Path(run_dir) / CHECKPOINTS_DIR
     final = root / checkpoint_name(step)
+    tmp: Path | None = None
     if rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
         _clean_leftovers(root)
         tmp = root / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
-        try:
+    tmp = broadcast_object(tmp)  # type: ignore[assignment]
+    assert tmp is not None
+    try:
+        import torch.distributed.checkpoint as dcp
+
+        with _single_process_quiet():
+            dcp.save(_training_state(_unwrap(model), optimizer, modules or {}), checkpoint_id=tmp / STATE_DIR)
+        export_state = _export_state(_unwrap(model))  # collective for a sharded model
+        if rank() == 0:
             _write_checkpoint(
                 tmp,
                 model=_unwrap(model),
+                export_state=export_state,
                 tokenizer=tokenizer,
-                optimizer=optimizer,
                 scheduler=scheduler,
                 extra_states=extra_states or {},
                 json_state=json_state,
@@ -340,9 +450,12 @@ def save_checkpoint(
                 rng_states=rng_states,
             )
             _fsync_tree(tmp)
-        except BaseException:
+    except BaseException:
+        if rank() == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        raise
+    barrier()  # every rank's shard is written
+    if rank() == 0:
         _publish(tmp, final)
         _fsync(root)
         if keep_last is not None:
@@ -350,7 +463,7 @@ def save_checkpoint(
             for path in older[: max(len(older) - (keep_last - 1), 0)]:
                 _remove(path)
             _fsync(root)
-    _barrier()
+    barrier()
     return final
 
 
@@ -439,12 +552,13 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     extra_states: Mapping[str, Any] | None = None,
+    modules: Mapping[str, tuple[Any, Any]] | None = None,
     restore_rng: bool = True,
 ) -> dict[str, Any]:
     """Load checkpoint ``path`` into the existing objects and return its trainer state (with ``step``).
 
-    The model gets its weights from the safetensors files (for a peft model, the adapter weights);
-    optimizer, scheduler and ``extra_states`` objects get their state dicts; with ``restore_rng`` the
+    The model, the optimizer and ``modules`` get their state from ``state/`` (resharded to this
+    run's ranks); scheduler and ``extra_states`` objects get their state dicts; with ``restore_rng`` the
     global RNGs continue where this rank's left off at the save (skipped, with a warning, when the
     number of ranks changed).
     """
@@ -452,9 +566,22 @@ def load_checkpoint(
     if not _is_complete(path):
         raise DataError(f"{path}: not a complete checkpoint (no {TRAINER_STATE_JSON})")
     _check_extra_names(extra_states)
-    load_model_weights(path, model)
-    if optimizer is not None:
-        optimizer.load_state_dict(_torch_load(path / OPTIMIZER_FILE))
+    if not (path / STATE_DIR / ".metadata").is_file():
+        raise DataError(f"{path}: no {STATE_DIR}/.metadata, so no training state to resume from")
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    state = _training_state(_unwrap(model), optimizer, modules or {})
+    _check_saved_keys(path / STATE_DIR, state)
+    try:
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=path / STATE_DIR)
+    except (CheckpointException, ValueError, RuntimeError) as err:  # missing keys, shape mismatches
+        raise DataError(
+            f"{path / STATE_DIR}: the saved training state does not fit this run's model, optimizer or "
+            f"critic (was it saved with other model, critic or lora settings?): {str(err)[:800]}"
+        ) from None
+    _apply_training_state(state, _unwrap(model), optimizer, modules or {})
     if scheduler is not None:
         scheduler.load_state_dict(_torch_load(path / SCHEDULER_FILE))
     for name, obj in (extra_states or {}).items():

@@ -37,9 +37,10 @@ from rlvr.algorithms.config import AlgorithmConfig, hyperparameters_for
 from rlvr.algorithms.value import VALUE_TENSOR_ARGS, explained_variance, value_loss_fn
 from rlvr.config import Config
 from rlvr.distributed import all_reduce_max, all_reduce_sum, world_size
-from rlvr.errors import ConfigError, DataError
-from rlvr.training.batch import MicroBatch, RolloutBatch, micro_batches
+from rlvr.errors import ConfigError
+from rlvr.training.batch import MicroBatch, RolloutBatch, aligned_micro_batches
 from rlvr.training.model import autocast_context, autocast_dtype, resolve_model_path, weights_dtype, with_lora
+from rlvr.training.parallel import Parallel, clip_grad_norm
 from rlvr.training.update import WeightedMetrics
 
 
@@ -156,8 +157,10 @@ class Critic:
         micro_batch_tokens: int,
         max_grad_norm: float,
         norm_length: int,
+        parallel: Parallel | None = None,
     ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.parallel = parallel
         self.micro_batch_tokens, self.max_grad_norm, self.norm_length = (
             micro_batch_tokens,
             max_grad_norm,
@@ -165,8 +168,16 @@ class Critic:
         )
 
     @classmethod
-    def from_config(cls, config: Config, device: torch.device, *, min_vocab: int | None = None) -> Critic:
-        """The critic of a run: its value model, AdamW at ``critic.lr`` and its warmup/schedule.
+    def from_config(
+        cls,
+        config: Config,
+        device: torch.device,
+        *,
+        min_vocab: int | None = None,
+        parallel: Parallel | None = None,
+    ) -> Critic:
+        """The critic of a run: its value model (sharded or replicated by ``parallel``), AdamW at
+        ``critic.lr`` and its warmup/schedule.
 
         The schedule counts critic optimizer steps over the whole run: (``critic.pretrain_steps`` +
         ``training.steps``) x ``training.ppo_epochs`` x (``critic.updates_per_step`` or
@@ -176,6 +187,8 @@ class Critic:
 
         c, t = config.critic, config.training
         model = load_value_model(config, device, min_vocab=min_vocab)
+        if parallel is not None:
+            model = parallel.prepare(model)
         # The policy's optimizer builder, given the critic's rate, schedule and number of steps.
         as_policy = dataclasses.replace(
             config,
@@ -196,7 +209,12 @@ class Critic:
             micro_batch_tokens=t.micro_batch_tokens,
             max_grad_norm=c.max_grad_norm,
             norm_length=config.algorithm.loss_norm_length or config.rollout.max_new_tokens,
+            parallel=parallel,
         )
+
+    def reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        if self.parallel is not None:
+            self.parallel.reduce_gradients(params)
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
@@ -207,8 +225,10 @@ class Critic:
         out = torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=batch.response_mask.device)
         was_training = self.model.training
         self.model.eval()
-        for mb in micro_batches(batch, range(batch.size), self.micro_batch_tokens):
-            out[mb.rows, : mb.response_width] = self.model(mb)
+        for mb in aligned_micro_batches(batch, range(batch.size), self.micro_batch_tokens):
+            values = self.model(mb)
+            if not mb.is_idle:
+                out[mb.rows, : mb.response_width] = values
         self.model.train(was_training)
         return torch.where(batch.response_mask.bool(), out, 0.0)
 
@@ -238,7 +258,10 @@ class Critic:
             ).tolist()
             loss_sum = torch.zeros((), dtype=torch.float64)
             bad = torch.zeros((), dtype=torch.float64)
-            for mb in micro_batches(batch, rows.tolist(), self.micro_batch_tokens):
+            for mb in aligned_micro_batches(batch, rows.tolist(), self.micro_batch_tokens):
+                if mb.is_idle:  # keeps this rank in step with the others' passes
+                    (self.model(mb).sum() * 0.0).backward()
+                    continue
                 t = mb.response_width
                 mask = batch.response_mask[mb.rows, :t]
                 out = value_loss_fn(
@@ -251,16 +274,15 @@ class Critic:
                     norm_length=self.norm_length,
                     **loss_hp,
                 )
+                # Each micro-batch's loss is its share of the mini-batch loss (global denominators).
+                (out.loss * world_size()).backward()
                 if not torch.isfinite(out.loss):
                     bad.fill_(1.0)
                     continue
-                # Each micro-batch's loss is its share of the mini-batch loss (global denominators).
-                (out.loss * world_size()).backward()
                 loss_sum += out.loss.detach().double().cpu()
                 clipfrac.add({"value/clipfrac": out.metrics["value/clipfrac"]}, float(mask.sum()))
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
-            )
+            self.reduce_gradients(params)
+            grad_norm = clip_grad_norm(params, self.max_grad_norm)
             if not torch.isfinite(grad_norm):
                 bad.fill_(1.0)
             if all_reduce_max(bad).item() > 0:  # all ranks skip together
@@ -296,39 +318,15 @@ class Critic:
         metrics.update(self.update(batch, schedule, algorithm))
         return metrics
 
-    # --- checkpoint state (saved as critic.pt beside the policy's checkpoint) -------------------------
+    # --- checkpoint state --------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        """The trained weights (all of them, or the LoRA adapter and the head), optimizer and schedule.
+    def checkpoint_parts(self) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]]:
+        """What a checkpoint holds of the critic: its trainable weights and optimizer state (sharded,
+        under ``critic`` in the checkpoint's ``state/``) and its schedule (``critic_scheduler.pt``).
 
         Frozen weights are not saved: they are the ones ``critic.path`` (or ``model.path``) loads.
         """
-        weights = {name: p.detach().cpu().clone() for name, p in self.trainable_parameters().items()}
-        return {
-            "weights": weights,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        own = self.trainable_parameters()
-        saved = state["weights"]
-        missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
-        if missing or unexpected:
-            raise DataError(
-                f"the checkpoint's critic does not match this critic: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]} (was it saved with other critic.* or model.lora_* settings?)"
-            )
-        with torch.no_grad():
-            for name, p in own.items():
-                if p.shape != saved[name].shape:
-                    raise DataError(
-                        f"the checkpoint's critic weight {name} has shape {tuple(saved[name].shape)}, "
-                        f"this critic's {tuple(p.shape)}"
-                    )
-                p.copy_(saved[name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        return {"critic": (self.model, self.optimizer)}, {"critic_scheduler": self.scheduler}
 
     def describe(self) -> str:
         total = sum(p.numel() for p in self.model.parameters())

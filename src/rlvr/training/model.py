@@ -133,6 +133,15 @@ class ReferenceModel:
             self._model.requires_grad_(False)
             self._model.eval()
 
+    @property
+    def shares_policy(self) -> bool:
+        """True for a LoRA policy, whose base weights with the adapter off are the reference."""
+        return self._lora
+
+    @property
+    def model(self) -> Any:
+        return self._model
+
     @contextlib.contextmanager
     def active(self) -> Iterator[Any]:
         """The reference model, ready for a no-grad forward."""
@@ -154,9 +163,15 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return total, trainable
 
 
-def save_model_dir(model: Any, tokenizer: Any, output: str | Path) -> None:
-    """A Hugging Face model directory of the policy (safetensors)."""
+def save_model_dir(
+    model: Any, tokenizer: Any, output: str | Path, state_dict: dict[str, torch.Tensor] | None = None
+) -> None:
+    """A Hugging Face model directory of the policy (safetensors); ``state_dict`` gives the weights
+    of a sharded model, gathered beforehand."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output, safe_serialization=True)
+    if state_dict is None:
+        model.save_pretrained(output, safe_serialization=True)
+    else:
+        model.save_pretrained(output, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(output)

@@ -5,6 +5,12 @@ drop groups, more prompts are drawn and generated until ``prompts_per_step`` gro
 ``max_sampling_rounds`` rounds have run; the kept groups beyond the target are dropped so each step
 trains on the same number of groups. Every round's counts are reported (``filter/prompts_drawn``,
 ``filter/rounds``).
+
+On N ranks every rank draws the same prompts (the samplers are identical and updated with the pass
+rates of all ranks) and generates for every N-th of them. The ranks decide together: a round
+follows while the kept groups of all ranks fall short, the groups kept are the first
+``prompts_per_step`` in drawing order over all ranks (what one process would keep), and they are
+then dealt out evenly, whole groups to a rank, so that no rank idles in the update.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 import torch
 
 from rlvr.algorithms.filters import apply_filters, filter_stages
-from rlvr.distributed import all_reduce_max, all_reduce_sum
+from rlvr.distributed import all_reduce_max, all_reduce_sum, gather_objects, rank, world_size
 from rlvr.rewards.base import RewardBatch, RewardResult
 from rlvr.rollout.types import Completion, SamplingParams
 from rlvr.tasks.base import Problem
@@ -51,6 +57,12 @@ class ScoredGroup:
     rewards: list[float]
     correct: list[bool]
     outcomes: list[str]
+    position: int = 0
+    """Where the group's prompt was drawn in the step (over all rounds and all ranks)."""
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(c.prompt_ids) + len(c.token_ids) for c in self.completions)
 
 
 @dataclass
@@ -82,21 +94,24 @@ class RolloutCollector:
         self.reward_filters, _ = filter_stages(algorithm.filters)
 
     def collect(self, step: int) -> StepRollouts:
-        n = self.sampling.n
+        n, world, me = self.sampling.n, world_size(), rank()
         kept: list[ScoredGroup] = []
         metrics: dict[str, float] = {}
         timings = {"time/generate": 0.0, "time/reward": 0.0}
-        drawn = rounds = 0
-        while len(kept) < self.prompts_per_step and rounds < self.max_rounds:
+        drawn = rounds = kept_everywhere = 0
+        while kept_everywhere < self.prompts_per_step and rounds < self.max_rounds:
             rounds += 1
-            indices = self.sampler.sample(self.prompts_per_step, step)
-            drawn += len(indices)
+            indices = self.sampler.sample(self.prompts_per_step, step)  # the same on every rank
+            positions = list(range(me, len(indices), world))  # this rank's share of the draw
+            mine = [indices[j] for j in positions]
             t0 = time.perf_counter()
-            sampling = dataclasses.replace(self.sampling, seed=self.sampling.seed + 7919 * step + rounds)
-            completions = self.engine.generate([self.prompt_ids[i] for i in indices], sampling)
+            seed = self.sampling.seed + 7919 * step + rounds + 104729 * me
+            completions = self.engine.generate(
+                [self.prompt_ids[i] for i in mine], dataclasses.replace(self.sampling, seed=seed)
+            )
             t1 = time.perf_counter()
             result, correct = score_completions(
-                self.reward, completions, [self.problems[i] for i in indices], n, self.sampling.max_new_tokens
+                self.reward, completions, [self.problems[i] for i in mine], n, self.sampling.max_new_tokens
             )
             timings["time/generate"] += t1 - t0
             timings["time/reward"] += time.perf_counter() - t1
@@ -104,24 +119,34 @@ class RolloutCollector:
             if rounds == 1:  # the metrics of the first round describe the policy's samples unfiltered
                 metrics.update(result.metrics)
                 metrics.update(self._response_metrics(completions, correct))
-            self.sampler.update(indices, [sum(correct[g * n : (g + 1) * n]) / n for g in range(len(indices))])
+            pass_rates = [sum(correct[g * n : (g + 1) * n]) / n for g in range(len(mine))]
+            self.sampler.update(indices, _merge_by_position(positions, pass_rates, len(indices)))
             groups = [
                 ScoredGroup(
-                    indices[g],
+                    mine[g],
                     completions[g * n : (g + 1) * n],
                     result.values[g * n : (g + 1) * n],
                     correct[g * n : (g + 1) * n],
                     outcomes[g * n : (g + 1) * n],
+                    position=drawn + positions[g],
                 )
-                for g in range(len(indices))
+                for g in range(len(mine))
             ]
+            drawn += len(indices)
             kept.extend(self._filter_groups(groups, metrics))
-        metrics["filter/prompts_drawn"] = all_reduce_sum(torch.tensor(float(drawn))).item()
+            kept_everywhere = int(all_reduce_sum(torch.tensor(float(len(kept)))).item())
+        metrics["filter/prompts_drawn"] = float(drawn)
         metrics["filter/rounds"] = float(rounds)
-        metrics["filter/groups_used"] = all_reduce_sum(
-            torch.tensor(float(min(len(kept), self.prompts_per_step)))
-        ).item()
-        return StepRollouts(kept[: self.prompts_per_step], metrics, timings)
+        metrics["filter/groups_used"] = float(min(kept_everywhere, self.prompts_per_step))
+        timings.update(_generation_spread(timings["time/generate"]))
+        return StepRollouts(self._first_kept(kept), metrics, timings)
+
+    def _first_kept(self, kept: list[ScoredGroup]) -> list[ScoredGroup]:
+        """The first ``prompts_per_step`` kept groups in drawing order over all ranks, dealt out evenly."""
+        if world_size() == 1:
+            return sorted(kept, key=lambda g: g.position)[: self.prompts_per_step]
+        everyone = sorted((g for part in gather_objects(kept) for g in part), key=lambda g: g.position)  # type: ignore[union-attr]
+        return everyone[: self.prompts_per_step][rank() :: world_size()]
 
     def _filter_groups(self, groups: list[ScoredGroup], metrics: dict[str, float]) -> list[ScoredGroup]:
         """Apply the filters that need only rewards; groups with no completion left are dropped."""
@@ -149,6 +174,7 @@ class RolloutCollector:
                         [group.rewards[j] for j in rows],
                         [group.correct[j] for j in rows],
                         [group.outcomes[j] for j in rows],
+                        position=group.position,
                     )
                 )
         return result
@@ -179,3 +205,24 @@ class RolloutCollector:
             "response/length_correct": stats[2].item() / n_ok if n_ok else float("nan"),
             "response/length_wrong": stats[4].item() / n_wrong if n_wrong else float("nan"),
         }
+
+
+def _merge_by_position(positions: list[int], values: list[float], size: int) -> list[float]:
+    """The ``size`` values of all ranks in drawing order, from each rank's (positions, values)."""
+    merged = [0.0] * size
+    for part_positions, part_values in gather_objects((positions, values)):  # type: ignore[misc]
+        for p, v in zip(part_positions, part_values, strict=True):
+            merged[p] = v
+    return merged
+
+
+def _generation_spread(seconds: float) -> dict[str, float]:
+    """Generation time of the slowest rank (the step waits for it), of the fastest, and their ratio:
+    how unevenly long completions fell on the ranks."""
+    times = [float(t) for t in gather_objects(seconds)]  # type: ignore[arg-type]
+    slowest, fastest = max(times), min(times)
+    return {
+        "time/generate": slowest,
+        "time/generate_fastest_rank": fastest,
+        "time/generate_spread": slowest / fastest if fastest > 0 else 1.0,
+    }

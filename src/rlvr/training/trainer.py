@@ -32,12 +32,13 @@ from rlvr.algorithms.kl import fold_kl_into_rewards, kl_penalty
 from rlvr.algorithms.samplers import PromptSampler, difficulties_from_problems
 from rlvr.algorithms.validation import needs_critic, needs_reference_model
 from rlvr.config import Config, CriticConfig, to_dict
-from rlvr.distributed import rank
+from rlvr.distributed import all_reduce_max, all_reduce_sum, init_from_environment, rank, world_size
+from rlvr.errors import ConfigError
 from rlvr.evaluation.in_training import BestModel, TrainingEvaluator
 from rlvr.rewards.composite import CompositeReward
 from rlvr.rollout.hf_engine import HFEngine
 from rlvr.rollout.types import SamplingParams
-from rlvr.training.batch import RolloutBatch, make_batch
+from rlvr.training.batch import RolloutBatch, global_row_positions, make_batch
 from rlvr.training.critic import Critic, value_metrics
 from rlvr.training.model import (
     ReferenceModel,
@@ -48,7 +49,8 @@ from rlvr.training.model import (
     resolve_device,
     save_model_dir,
 )
-from rlvr.training.rollouts import RolloutCollector, ScoredGroup
+from rlvr.training.parallel import Parallel
+from rlvr.training.rollouts import RolloutCollector, ScoredGroup, StepRollouts
 from rlvr.training.setup import build_optimizer, build_task, tokenize_prompts
 from rlvr.training.update import UpdateSettings, compute_logprobs, minibatch_schedule, policy_update
 
@@ -71,10 +73,19 @@ class Trainer:
     """Holds a run's parts; :meth:`run` trains from step 0 or from the latest checkpoint."""
 
     def __init__(self, config: Config, *, log: Any = print) -> None:
-        self.config, self.log = config, log
         c = config
-        self.out = Path(c.logging.output_dir)
         self.device = resolve_device(c.training.device)
+        init_from_environment(timeout_s=c.parallel.timeout_s, use_cuda=self.device.type == "cuda")
+        self.parallel = Parallel(c.parallel)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.config, self.log = config, (log if rank() == 0 else _silent)
+        self.out = Path(c.logging.output_dir)
+        if c.rollout.prompts_per_step < world_size():
+            raise ConfigError(
+                f"setting 'rollout.prompts_per_step' ({c.rollout.prompts_per_step}) is smaller than the "
+                f"{world_size()} ranks: every rank needs at least one prompt per step"
+            )
         if c.training.cpu_threads is not None:
             torch.set_num_threads(c.training.cpu_threads)
         random.seed(c.training.seed)
@@ -105,10 +116,15 @@ class Trainer:
             BestModel(self.out, c.eval.best_metric, c.eval.best_mode) if c.eval.best_metric else None
         )
         self.reference = ReferenceModel(self.model) if needs_reference_model(c.algorithm) else None
+        if self.reference is not None and not self.reference.shares_policy:
+            self.parallel.prepare(self.reference.model)  # sharded too, with no optimizer state
+        self.parallel.prepare(self.model)  # before the optimizer: FSDP2 replaces the parameters
         self.optimizer, self.scheduler = build_optimizer(self.model, c)
         self.critic: Critic | None = None
         if needs_critic(c.algorithm):  # gae, vapo: a value model with its own optimizer
-            self.critic = Critic.from_config(c, self.device, min_vocab=len(self.tokenizer))
+            self.critic = Critic.from_config(
+                c, self.device, min_vocab=len(self.tokenizer), parallel=self.parallel
+            )
         elif c.critic != CriticConfig():
             log(
                 f"critic.* settings are not used: algorithm.advantage '{c.algorithm.advantage}' has no critic"
@@ -150,13 +166,20 @@ class Trainer:
     # --- one step ------------------------------------------------------------------------------
 
     def train_step(self, step: int) -> dict[str, float]:
-        c, alg = self.config, self.config.algorithm
         t0 = time.perf_counter()
-        rollouts = self.collector.collect(step)  # prompts -> completions -> rewards -> group filters
+        with self.parallel.gathered(self.model):  # prompts -> completions -> rewards -> group filters
+            rollouts = self.collector.collect(step)
+        metrics = self.learn(rollouts, start_time=t0)
+        return metrics
+
+    def learn(self, rollouts: StepRollouts, *, start_time: float | None = None) -> dict[str, float]:
+        """Advantages and updates from one step's rollouts (this rank's groups); returns the metrics."""
+        c, alg = self.config, self.config.algorithm
+        t0 = time.perf_counter() if start_time is None else start_time
         metrics = dict(rollouts.metrics)
         metrics.update(rollouts.timings)
-        if not rollouts.groups:
-            self.log(f"step {step}: every group was filtered out; no update")
+        if all_reduce_sum(torch.tensor(float(len(rollouts.groups)))).item() == 0:
+            self.log(f"step {self.step}: every group was filtered out; no update")
             metrics["optim/skipped_updates"] = 1.0
             return metrics
         batch = self._make_batch(rollouts.groups).to(self.device)
@@ -165,12 +188,7 @@ class Trainer:
         _, after = filter_stages(alg.filters)
         if after:  # filters that need advantages (CPPO) drop completions now
             batch = self._apply_completion_filters(batch, after, metrics)
-        schedule = minibatch_schedule(
-            batch.size,
-            epochs=c.training.ppo_epochs,
-            updates_per_epoch=c.training.updates_per_step,
-            generator=self.generator,
-        )
+        schedule = self._schedule(batch, c.training.updates_per_step)
         metrics.update(
             policy_update(
                 model=self.model,
@@ -181,6 +199,7 @@ class Trainer:
                 settings=self.update_settings,
                 generator=self.generator,
                 schedule=schedule,
+                reduce_gradients=self.parallel.reduce_gradients,
             )
         )
         if self.critic is not None:  # the value loss toward the estimator's returns
@@ -188,10 +207,26 @@ class Trainer:
         t2 = time.perf_counter()
         metrics["time/update"] = t2 - t1
         metrics["time/step"] = t2 - t0
-        tokens = float(batch.response_mask.sum() + sum(batch.prompt_lengths))
-        metrics["throughput/tokens_per_s"] = tokens / max(t2 - t0, 1e-9)
-        metrics["memory/peak_gb"] = _peak_memory_gb(self.device)
+        tokens = all_reduce_sum(torch.tensor(float(batch.response_mask.sum() + sum(batch.prompt_lengths))))
+        metrics["throughput/tokens_per_s"] = tokens.item() / max(t2 - t0, 1e-9)
+        metrics["memory/peak_gb"] = all_reduce_max(torch.tensor(_peak_memory_gb(self.device))).item()
         return metrics
+
+    def _schedule(self, batch: RolloutBatch, updates_per_epoch: int) -> list[torch.Tensor]:
+        """This rank's rows of each optimizer step: :func:`minibatch_schedule` drawn over the rows of
+        all ranks (in one process's order), so the mini-batches do not depend on the number of ranks."""
+        positions, total = global_row_positions(batch.row_keys)
+        local = {p: row for row, p in enumerate(positions)}
+        schedule = minibatch_schedule(
+            total,
+            epochs=self.config.training.ppo_epochs,
+            updates_per_epoch=updates_per_epoch,
+            generator=self.generator,
+        )
+        return [
+            torch.tensor([local[p] for p in rows.tolist() if p in local], dtype=torch.long)
+            for rows in schedule
+        ]
 
     def prepare_advantages(self, batch: RolloutBatch) -> dict[str, float]:
         """Fill ``batch.extra`` with everything the updates read; return the metrics.
@@ -228,7 +263,10 @@ class Trainer:
                 kl_estimator=alg.kl_estimator,
                 kl_clamp=alg.kl_clamp,
             )
-            metrics["kl/reference"] = float((kl.sum() / batch.response_mask.sum().clamp(min=1)).item())
+            kl_sum, tokens = all_reduce_sum(
+                torch.stack([kl.sum().double(), batch.response_mask.sum().double()])
+            )
+            metrics["kl/reference"] = float(kl_sum / tokens.clamp(min=1))
             if alg.kl_placement == "reward":
                 rewards = fold_kl_into_rewards(
                     rewards=rewards, kl=kl, mask=batch.response_mask, kl_coef=alg.kl_coef
@@ -259,12 +297,7 @@ class Trainer:
         c = self.config
         if policy_schedule is not None and c.critic.updates_per_step is None:
             return policy_schedule
-        return minibatch_schedule(
-            batch.size,
-            epochs=c.training.ppo_epochs,
-            updates_per_epoch=c.critic.updates_per_step or c.training.updates_per_step,
-            generator=self.generator,
-        )
+        return self._schedule(batch, c.critic.updates_per_step or c.training.updates_per_step)
 
     # --- value pretraining ---------------------------------------------------------------------
 
@@ -312,8 +345,9 @@ class Trainer:
         collector.sampling = dataclasses.replace(
             self.sampling, seed=self.sampling.seed + PRETRAIN_SEED_OFFSET + 7919 * index
         )
-        rollouts = collector.collect(0)
-        if not rollouts.groups:
+        with self.parallel.gathered(self.model):
+            rollouts = collector.collect(0)
+        if all_reduce_sum(torch.tensor(float(len(rollouts.groups)))).item() == 0:
             return {"critic/skipped_updates": 1.0}
         batch = self._make_batch(rollouts.groups).to(self.device)
         metrics = self.critic.pretrain_step(batch, self._critic_schedule(batch, None), alg)
@@ -331,13 +365,14 @@ class Trainer:
         return half or next(self.model.parameters()).dtype != torch.float32
 
     def _make_batch(self, groups: list[ScoredGroup]) -> RolloutBatch:
-        completions, rewards, correct, group_ids = [], [], [], []
+        completions, rewards, correct, group_ids, keys = [], [], [], [], []
         for g, group in enumerate(groups):
             completions += group.completions
             rewards += group.rewards
             correct += group.correct
             group_ids += [g] * len(group.completions)
-        return make_batch(completions, rewards, correct, group_ids, self.engine.pad_id)
+            keys += [(group.position, j) for j in range(len(group.completions))]
+        return make_batch(completions, rewards, correct, group_ids, self.engine.pad_id, row_keys=keys)
 
     def _apply_completion_filters(
         self, batch: RolloutBatch, names: tuple[str, ...], metrics: dict
@@ -359,12 +394,27 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """The ``eval`` section's benchmarks with the current policy (:mod:`rlvr.evaluation.in_training`)."""
-        return self.evaluator(self.engine, self.tokenizer)
+        with self.parallel.gathered(self.model):
+            return self.evaluator(self.engine, self.tokenizer)
+
+    def _export_state(self) -> dict[str, torch.Tensor] | None:
+        """The policy's weights for a Hugging Face export on rank 0 when they are sharded (collective)."""
+        if not self.parallel.sharded:
+            return None
+        return self.parallel.full_state_dict(
+            self.model, trainable_only=hasattr(self.model, "disable_adapter")
+        )
 
     def _keep_best(self, metrics: dict[str, float]) -> None:
-        if self.best_model is not None and self.best_model.update(
-            self.step, metrics, self.model, self.tokenizer
+        if self.best_model is None:
+            return
+        if self.best_model.metric in metrics and self.best_model.is_better(
+            float(metrics[self.best_model.metric])
         ):
+            state = self._export_state()  # every rank: gathering is collective
+        else:
+            state = None
+        if self.best_model.update(self.step, metrics, self.model, self.tokenizer, state_dict=state):
             self.log(
                 f"best {self.best_model.metric} so far ({metrics[self.best_model.metric]:.4g}): saved to {self.best_model.dir}"
             )
@@ -385,9 +435,9 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self.critic_pretrained = bool(state.get("critic_pretrained", self.critic_pretrained))
 
-    def _extra_states(self) -> dict[str, Any] | None:
-        """Checkpointed beside the policy: the critic (weights, optimizer, schedule) as critic.pt."""
-        return {"critic": self.critic} if self.critic is not None else None
+    def _critic_parts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Checkpointed beside the policy: the critic's weights and optimizer, and its schedule."""
+        return self.critic.checkpoint_parts() if self.critic is not None else ({}, {})
 
     def save(self) -> Path:
         from rlvr.training.checkpoint import save_checkpoint
@@ -401,7 +451,8 @@ class Trainer:
             scheduler=self.scheduler,
             trainer_state=self.trainer_state(),
             keep_last=self.config.checkpoint.keep_last,
-            extra_states=self._extra_states(),
+            modules=self._critic_parts()[0],
+            extra_states=self._critic_parts()[1],
         )
 
     def resume(self) -> bool:
@@ -416,7 +467,8 @@ class Trainer:
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
-            extra_states=self._extra_states(),
+            modules=self._critic_parts()[0],
+            extra_states=self._critic_parts()[1],
         )
         self.load_trainer_state(state)
         self.log(f"resumed from {path} at step {self.step}")
@@ -436,7 +488,8 @@ class Trainer:
             f"model {c.model.path}: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable) on {self.device}; "
             f"task {self.task.name}: {len(self.task.train)} train / {len(self.task.test)} held-out problems; "
             f"{c.rollout.prompts_per_step} prompts x {c.rollout.samples_per_prompt} samples = {per_step} completions "
-            f"per step, {c.training.updates_per_step} optimizer step(s) per epoch, {c.training.ppo_epochs} epoch(s)"
+            f"per step, {c.training.updates_per_step} optimizer step(s) per epoch, {c.training.ppo_epochs} epoch(s); "
+            f"{self.parallel.describe()}"
         )
         if self.critic is not None:
             self.log(self.critic.describe())
@@ -454,7 +507,8 @@ class Trainer:
                 f"held-out accuracy before training: {eval_before.get('eval/accuracy', float('nan')):.1%}"
             )
             logger.log(0, eval_before)
-            (self.out / "eval_before.json").write_text(json.dumps(eval_before) + "\n")
+            if rank() == 0:
+                (self.out / "eval_before.json").write_text(json.dumps(eval_before) + "\n")
             self._keep_best(eval_before)
         if not self.critic_pretrained:  # VAPO's value pretraining, before any policy update
             self.pretrain_critic()
@@ -475,7 +529,9 @@ class Trainer:
                     self.step, metrics, {k: v for k, v in metrics.items() if k.startswith("time/")}
                 )
                 if c.logging.sample_every and self.step % c.logging.sample_every == 0:
-                    logger.log_samples(self.step, self._samples())
+                    with self.parallel.gathered(self.model):
+                        samples = self._samples()
+                    logger.log_samples(self.step, samples)
                 if c.checkpoint.every and self.step % c.checkpoint.every == 0:
                     self.save()
                 if self._stop_requested:
@@ -491,7 +547,9 @@ class Trainer:
             logger.log(self.step, eval_after)
             self._keep_best(eval_after)
             self.save()
-            save_model_dir(self.model, self.tokenizer, self.out / "final")
+            state = self._export_state()
+            if rank() == 0:
+                save_model_dir(self.model, self.tokenizer, self.out / "final", state_dict=state)
         logger.close()
         return RunResult(self.out, self.step, eval_before, eval_after, interrupted)
 
@@ -542,7 +600,12 @@ def _select_rows(batch: RolloutBatch, rows: list[int]) -> RolloutBatch:
         prompt_lengths=[batch.prompt_lengths[r] for r in rows],
         response_lengths=[batch.response_lengths[r] for r in rows],
         extra={k: v[index] for k, v in batch.extra.items()},
+        row_keys=[batch.row_keys[r] for r in rows],
     )
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """The log of ranks other than 0."""
 
 
 def _peak_memory_gb(device: torch.device) -> float:

@@ -13,6 +13,7 @@ The loss (each term's coefficient from the config; KL only with ``kl_placement: 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +25,9 @@ from rlvr.algorithms.kl import kl_loss
 from rlvr.algorithms.lm_loss import positive_lm_loss
 from rlvr.algorithms.losses import POLICY_LOSS_TENSOR_ARGS, POLICY_LOSSES
 from rlvr.distributed import all_reduce_max, all_reduce_sum, world_size
-from rlvr.training.batch import MicroBatch, RolloutBatch, micro_batches
+from rlvr.training.batch import MicroBatch, RolloutBatch, aligned_micro_batches
 from rlvr.training.model import autocast_context
+from rlvr.training.parallel import clip_grad_norm
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,10 @@ def compute_logprobs(
 ) -> torch.Tensor:
     """Per-token logprobs [B, T] of the batch's responses under ``model`` (no gradient)."""
     out = torch.zeros_like(batch.old_logprobs)
-    for mb in micro_batches(batch, range(batch.size), micro_batch_tokens):
+    for mb in aligned_micro_batches(batch, range(batch.size), micro_batch_tokens):
         logits = response_logits(model, mb, autocast_dtype)
+        if mb.is_idle:
+            continue
         lp = token_logprobs(logits, response_targets(mb), temperature=temperature)
         out[mb.rows, : mb.response_width] = lp.float()
     return out * batch.response_mask
@@ -129,11 +133,13 @@ def policy_update(
     settings: UpdateSettings,
     generator: torch.Generator,
     schedule: list[torch.Tensor] | None = None,
+    reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None,
 ) -> dict[str, float]:
     """Run the step's optimizer updates on ``batch`` (with ``advantages`` in ``batch.extra``).
 
     ``schedule`` lists the rows of each optimizer step (:func:`minibatch_schedule`); None draws it
     from ``generator`` with ``settings.ppo_epochs`` and ``settings.updates_per_step``.
+    ``reduce_gradients`` averages the accumulated gradients over ranks before clipping (ddp).
     """
     if schedule is None:
         schedule = minibatch_schedule(
@@ -167,7 +173,10 @@ def policy_update(
         )
         num_tokens, num_sequences, correct_tokens = counts.tolist()
         bad = torch.zeros((), dtype=torch.float64)
-        for mb in micro_batches(batch, row_list, settings.micro_batch_tokens):
+        for mb in aligned_micro_batches(batch, row_list, settings.micro_batch_tokens):
+            if mb.is_idle:  # no rows here: a forward and backward only to keep the ranks in step
+                (response_logits(model, mb, settings.autocast_dtype).sum() * 0.0).backward()
+                continue
             t = mb.response_width
             mask = batch.response_mask[mb.rows, :t]
             logits = response_logits(model, mb, settings.autocast_dtype)
@@ -221,15 +230,16 @@ def policy_update(
                 )
                 loss = loss + algorithm.lm_coef * lm.loss
                 step_metrics.update(lm.metrics)
-            if not torch.isfinite(loss):
-                bad.fill_(1.0)
-                continue
             # Gradients are averaged over ranks by data parallelism; the loss is a global sum.
+            # A non-finite loss still runs its backward (the other ranks wait for it); the step is skipped.
             (loss * world_size()).backward()
-            metrics.add(step_metrics, float(mask.sum()))
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            params, settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf")
-        )
+            if torch.isfinite(loss):
+                metrics.add(step_metrics, float(mask.sum()))
+            else:
+                bad.fill_(1.0)
+        if reduce_gradients is not None:
+            reduce_gradients(params)
+        grad_norm = clip_grad_norm(params, settings.max_grad_norm)
         if not torch.isfinite(grad_norm):
             bad.fill_(1.0)
         if all_reduce_max(bad).item() > 0:  # all ranks skip together
