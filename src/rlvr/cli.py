@@ -4,6 +4,7 @@ rlvr train CONFIG [key=value ...] [--resume]
 rlvr eval [MODEL_OR_RUN_DIR] [CONFIG.yaml] [key=value ...] [--benchmarks a,b] [--n N] ...
 rlvr config show [CONFIG] [key=value ...]
 rlvr presets
+rlvr plan CONFIG [key=value ...] [--nproc N] [--device-memory 80GB] [--device cpu|cuda]
 rlvr toy build [--output DIR] [--seed N]
 rlvr plot RUN_DIR
 """
@@ -29,12 +30,21 @@ def _train(args: argparse.Namespace) -> int:
 
     path, overrides = _split_config_and_overrides(args.items)
     config = load_config(path, overrides)  # every key checked before any model loads
-    from rlvr.distributed import rank, restart_count, shutdown
+    from rlvr.distributed import rank, restart_count, shutdown, world_size
     from rlvr.training.trainer import train
 
     try:  # a group torchrun restarted (--max-restarts) resumes from the last checkpoint
         result = train(config, resume=args.resume or restart_count() > 0)
         speaks = rank() == 0
+    except RuntimeError as err:
+        if not _lost_a_rank(err):
+            raise
+        raise SystemExit(
+            f"rank {rank()} of {world_size()}: training stopped because a collective with the other ranks "
+            f"failed: {str(err).splitlines()[0][:300]}\nAnother rank has most likely died: its own error, and "
+            "torchrun's summary naming its rank, are in the log. With torchrun --max-restarts N the group "
+            "restarts and resumes from the last checkpoint."
+        ) from None
     finally:
         shutdown()
     if not speaks:  # one summary, from rank 0
@@ -53,6 +63,16 @@ def _train(args: argparse.Namespace) -> int:
         print(f"held-out accuracy: {before:.1%} before -> {after:.1%} after {result.steps} steps")
     print(f"run directory: {result.output_dir} (final model in {result.output_dir / 'final'})")
     return 0
+
+
+def _lost_a_rank(err: RuntimeError) -> bool:
+    """Whether ``err`` is a failed collective (a peer died or timed out), not a bug of this rank."""
+    import torch.distributed as dist
+
+    text = str(err)
+    return dist.is_initialized() and (
+        isinstance(err, dist.DistError) or "gloo" in text.lower() or "NCCL" in text or "Timed out" in text
+    )
 
 
 EVAL_FLAGS = (
@@ -107,6 +127,18 @@ def _presets(args: argparse.Namespace) -> int:
     from rlvr.algorithms.validation import describe_presets
 
     print(describe_presets())
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from rlvr.config import load_config
+    from rlvr.memory_plan import format_plan, parse_memory_size, plan_for_config
+
+    device_memory = parse_memory_size(args.device_memory) if args.device_memory is not None else None
+    path, overrides = _split_config_and_overrides(args.items)
+    config = load_config(path, overrides)
+    plan = plan_for_config(config, nproc=args.nproc, device=args.device, device_memory=device_memory)
+    print(format_plan(plan))
     return 0
 
 
@@ -183,6 +215,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     presets = sub.add_parser("presets", help="list the named recipes")
     presets.set_defaults(func=_presets)
+
+    plan = sub.add_parser(
+        "plan",
+        help="estimate the memory per rank of a training run",
+        description="Estimate the device memory one rank of `rlvr train CONFIG` needs, phase by phase "
+        "(rollout, update, optimizer step, critic update), from the config and the model's config.json "
+        "alone; with --device-memory, say whether it fits. See docs/distributed.md.",
+    )
+    plan.add_argument("items", nargs="*", metavar="CONFIG | key=value")
+    plan.add_argument("--nproc", type=int, default=1, help="ranks (torchrun --nproc_per_node); default 1")
+    plan.add_argument("--device-memory", default=None, help="memory of one device: 80GB, 80GiB, 24000MB, ...")
+    plan.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="default: training.device, auto counting as cuda (bfloat16 weights for model.dtype auto)",
+    )
+    plan.set_defaults(func=_plan)
 
     toy = sub.add_parser("toy", help="the embedded tiny model")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)

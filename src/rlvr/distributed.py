@@ -49,6 +49,10 @@ def init_from_environment(*, timeout_s: float, use_cuda: bool) -> bool:
 
     NCCL when the ranks train on CUDA devices (each rank on ``cuda:LOCAL_RANK``), gloo on CPU. A
     collective that waits more than ``timeout_s`` seconds for another rank fails instead of hanging.
+
+    The ranks meet in torchrun's store under a prefix of their own per restart: after
+    ``--max-restarts`` restarts a group, the addresses the previous group left there must not be
+    read (gloo would try to connect to ranks that no longer exist).
     """
     if is_distributed():
         return True
@@ -57,7 +61,18 @@ def init_from_environment(*, timeout_s: float, use_cuda: bool) -> bool:
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    size, me = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        size,
+        is_master=not agent_store and me == 0,
+        timeout=timeout,
+    )
+    store = dist.PrefixStore(f"rlvr/attempt-{restart_count()}", store)
+    dist.init_process_group(backend, store=store, rank=me, world_size=size, timeout=timeout)
     return True
 
 

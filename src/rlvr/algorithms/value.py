@@ -100,8 +100,9 @@ def value_loss_fn(
 
     Metrics (detached, 0-D): ``value/loss``; ``value/clipfrac`` (fraction of response tokens where
     the clipped term wins), ``value/mean`` and ``value/return_mean``: means over this call's
-    response tokens (like the policy losses' metrics); ``value/explained_variance`` of the tokens
-    passed in, summed over ranks (:func:`explained_variance`).
+    response tokens (like the policy losses' metrics). The loss runs no collective (it is called
+    once per micro-batch, whose number differs between ranks): the batch's explained variance is
+    :func:`explained_variance`, which sums over ranks.
     """
     form = VALUE_LOSSES.get(value_loss)
     values = check_tensor(values, "values", 2)
@@ -137,9 +138,6 @@ def value_loss_fn(
         "value/clipfrac": token_mean(clipped & valid),
         "value/mean": token_mean(v),
         "value/return_mean": token_mean(r),
-        "value/explained_variance": torch.tensor(
-            explained_variance(values, returns, mask), dtype=v.dtype, device=v.device
-        ),
     }
     return LossOutput(loss=loss, metrics=metrics)
 

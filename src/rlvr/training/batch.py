@@ -118,7 +118,7 @@ def global_row_positions(row_keys: Sequence[tuple[int, int]]) -> tuple[list[int]
     order = sorted(k for part in everyone for k in part)  # type: ignore[union-attr]
     index = {k: i for i, k in enumerate(order)}
     if len(index) != len(order):
-        raise ValueError("row keys are not unique over the ranks")
+        raise ValueError(f"row keys are not unique over the ranks: {everyone}")
     return [index[tuple(k)] for k in row_keys], len(order)
 
 

@@ -216,17 +216,28 @@ def _check_saved_keys(directory: Path, state: Mapping[str, Any]) -> None:
         )
 
 
-def _export_state(model: Any) -> dict[str, torch.Tensor] | None:
-    """The state dict rank 0 exports for a sharded model (collective); None for a replicated one,
-    which ``save_pretrained`` reads itself."""
+def export_state(model: Any) -> dict[str, torch.Tensor] | None:
+    """The state dict a sharded model's Hugging Face export is written from, on rank 0 (None on
+    the others); collective. None for a replicated model, which ``save_pretrained`` reads itself.
+
+    Tied weights (an LM head that is the embedding) are gathered once and exported under the
+    name ``save_pretrained`` keeps, so that both exports hold the same keys.
+    """
+    model = _unwrap(model)
     if not _is_sharded(model):
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    options = StateDictOptions(
-        full_state_dict=True, cpu_offload=True, ignore_frozen_params=_is_peft_model(model)
-    )
-    return get_model_state_dict(model, options=options)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=_is_peft_model(model))
+    state = get_model_state_dict(model, options=options)
+    if rank() != 0:
+        return None
+    seen: set[int] = set()
+    for name, param in model.named_parameters(remove_duplicate=False):  # a tied pair is one Parameter
+        if id(param) in seen:
+            state.pop(name, None)
+        seen.add(id(param))
+    return state
 
 
 def _needs_torch(value: Any, where: str) -> bool:
@@ -335,7 +346,7 @@ def _write_checkpoint(
     directory: Path,
     *,
     model: Any,
-    export_state: dict[str, torch.Tensor] | None,
+    exported: dict[str, torch.Tensor] | None,
     tokenizer: Any,
     scheduler: Any,
     extra_states: Mapping[str, Any],
@@ -349,10 +360,10 @@ def _write_checkpoint(
             "pass a Hugging Face (or peft) model"
         )
     with _no_progress_bars():  # safetensors: the only format of transformers 5, peft's default
-        if export_state is None:
+        if exported is None:
             model.save_pretrained(directory)
         else:
-            model.save_pretrained(directory, state_dict=export_state)
+            model.save_pretrained(directory, state_dict=exported)
     if not any(directory.glob("*.safetensors")):
         raise ConfigError(
             f"save_checkpoint: {type(model).__name__}.save_pretrained wrote no safetensors file"
@@ -436,12 +447,12 @@ def save_checkpoint(
 
         with _single_process_quiet():
             dcp.save(_training_state(_unwrap(model), optimizer, modules or {}), checkpoint_id=tmp / STATE_DIR)
-        export_state = _export_state(_unwrap(model))  # collective for a sharded model
+        exported = export_state(model)  # collective for a sharded model
         if rank() == 0:
             _write_checkpoint(
                 tmp,
                 model=_unwrap(model),
-                export_state=export_state,
+                exported=exported,
                 tokenizer=tokenizer,
                 scheduler=scheduler,
                 extra_states=extra_states or {},

@@ -24,7 +24,7 @@ from rlvr.algorithms.entropy import entropy_from_logits, entropy_loss, token_log
 from rlvr.algorithms.kl import kl_loss
 from rlvr.algorithms.lm_loss import positive_lm_loss
 from rlvr.algorithms.losses import POLICY_LOSS_TENSOR_ARGS, POLICY_LOSSES
-from rlvr.distributed import all_reduce_max, all_reduce_sum, world_size
+from rlvr.distributed import all_reduce_max, all_reduce_sum, gather_objects, world_size
 from rlvr.training.batch import MicroBatch, RolloutBatch, aligned_micro_batches
 from rlvr.training.model import autocast_context
 from rlvr.training.parallel import clip_grad_norm
@@ -101,26 +101,44 @@ def minibatch_schedule(
 
 
 class WeightedMetrics:
-    """Token-weighted means of per-micro-batch metrics, reduced over ranks."""
+    """Per-micro-batch metrics combined over micro-batches and ranks: token-weighted means, except
+    ``*_max`` (the largest) and ``*_min`` (the smallest) over micro-batches that have tokens."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
+        self.extremes: dict[str, float] = {}  # *_max as is, *_min negated: both reduce with max
         self.weight = 0.0
 
     def add(self, metrics: dict[str, Any], tokens: float) -> None:
         for key, value in metrics.items():
             v = float(value)
-            if math.isfinite(v):
+            if not math.isfinite(v):
+                continue
+            if key.endswith(("_max", "_min")):
+                if tokens > 0:
+                    signed = v if key.endswith("_max") else -v
+                    self.extremes[key] = max(self.extremes.get(key, -math.inf), signed)
+            else:
                 self.sums[key] = self.sums.get(key, 0.0) + v * tokens
         self.weight += tokens
 
     def result(self) -> dict[str, float]:
-        keys = sorted(self.sums)
+        # Every rank reduces the same keys, also a rank that saw no tokens.
+        names = gather_objects((sorted(self.sums), sorted(self.extremes)))
+        mean_keys = sorted({k for means, _ in names for k in means})  # type: ignore[misc]
+        extreme_keys = sorted({k for _, extremes in names for k in extremes})  # type: ignore[misc]
         totals = all_reduce_sum(
-            torch.tensor([self.sums[k] for k in keys] + [self.weight], dtype=torch.float64)
+            torch.tensor([self.sums.get(k, 0.0) for k in mean_keys] + [self.weight], dtype=torch.float64)
         )
         weight = max(totals[-1].item(), 1e-12)
-        return {k: totals[i].item() / weight for i, k in enumerate(keys)}
+        out = {k: totals[i].item() / weight for i, k in enumerate(mean_keys)}
+        if extreme_keys:
+            top = all_reduce_max(
+                torch.tensor([self.extremes.get(k, -math.inf) for k in extreme_keys], dtype=torch.float64)
+            )
+            for k, v in zip(extreme_keys, top.tolist(), strict=True):
+                out[k] = v if k.endswith("_max") else -v
+        return out
 
 
 def policy_update(
@@ -156,6 +174,7 @@ def policy_update(
     grad_norms: list[float] = []
     skipped = updates = 0
     policy_loss_sum = 0.0  # the mini-batches' policy losses, summed over micro-batches and mini-batches
+    lm_loss_sum = 0.0  # the same for the positive-example NLL
     agg = dict(aggregation=algorithm.aggregation, norm_length=settings.norm_length)
 
     model.train()
@@ -229,7 +248,9 @@ def policy_update(
                     aggregation="token-mean",
                 )
                 loss = loss + algorithm.lm_coef * lm.loss
-                step_metrics.update(lm.metrics)
+                lm_loss_sum += float(
+                    lm.loss.detach()
+                )  # a share of the mini-batch's NLL, like the policy loss
             # Gradients are averaged over ranks by data parallelism; the loss is a global sum.
             # A non-finite loss still runs its backward (the other ranks wait for it); the step is skipped.
             (loss * world_size()).backward()
@@ -253,8 +274,16 @@ def policy_update(
         updates += 1
     result = metrics.result()
     # Each rank holds its part of every mini-batch's loss (global denominators): sum, then average.
-    loss_total = all_reduce_sum(torch.tensor(policy_loss_sum, dtype=torch.float64)).item()
+    loss_total, lm_total = all_reduce_sum(
+        torch.tensor([policy_loss_sum, lm_loss_sum], dtype=torch.float64)
+    ).tolist()
     result["loss/policy"] = loss_total / max(len(schedule), 1)
+    if algorithm.lm_coef > 0:
+        correct, rows = all_reduce_sum(
+            torch.tensor([float(batch.correct.sum()), float(batch.size)], dtype=torch.float64)
+        ).tolist()
+        result["lm/nll"] = lm_total / max(len(schedule), 1)
+        result["lm/correct_fraction"] = correct / max(rows, 1.0)
     result["optim/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
     result["optim/lr"] = scheduler.get_last_lr()[0]
     result["optim/updates"] = float(updates)

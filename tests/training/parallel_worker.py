@@ -1,0 +1,134 @@
+"""The training side of tests/training/test_parallel.py, run in one process or under torchrun.
+
+    python parallel_worker.py make GROUPS                      real rollouts of the toy model, saved
+    [torchrun --nproc_per_node N] parallel_worker.py learn GROUPS OUT STRATEGY SPLIT PRESET...
+        one learning step of every preset on the saved rollouts; rank 0 saves the updated weights
+        and the metrics to OUT/<preset>.pt
+    [torchrun ...] parallel_worker.py filtered OUT STRATEGY
+        one dynamic-sampling step in which every group of rank 1 is filtered out
+
+SPLIT ``alternate`` gives rank r the groups at positions r, r + N, ...; ``first`` gives them all to
+rank 0, so that the other ranks learn from nothing and only take part in the collectives.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from pathlib import Path
+
+import torch
+
+from rlvr.config import load_config
+from rlvr.distributed import init_from_environment, rank, shutdown, world_size
+from rlvr.rollout.types import SamplingParams
+from rlvr.training.rollouts import ScoredGroup, StepRollouts
+from rlvr.training.trainer import Trainer
+
+REWARDS = [[1, 0, 0, 1], [0, 0, 0, 1], [1, 1, 1, 1], [0, 1, 1, 0]]
+"""Per group: mixed, one correct, all correct (a zero-variance group), mixed."""
+
+
+def settings(preset: str, strategy: str, out: str) -> list[str]:
+    return [
+        f"preset={preset}",
+        "rollout.prompts_per_step=4",
+        "rollout.samples_per_prompt=4",
+        "rollout.max_new_tokens=12",
+        "training.updates_per_step=2",  # two mini-batches: their rows must not depend on the ranks
+        "training.micro_batch_tokens=96",  # several micro-batches, in different numbers per rank
+        "training.cpu_threads=1",
+        "optim.lr=1e-4",
+        "optim.warmup_steps=0",
+        "critic.pretrain_steps=0",
+        "critic.lr=1e-4",
+        "task.params.num_train=16",
+        "task.params.num_test=2",
+        f"parallel.strategy={strategy}",
+        f"logging.output_dir={out}",
+    ]
+
+
+def make_groups(path: str) -> None:
+    trainer = Trainer(load_config(None, settings("grpo", "none", str(Path(path).parent / "make"))))
+    prompts = trainer.train_prompts[:4]
+    completions = trainer.engine.generate(
+        prompts, SamplingParams(n=4, max_new_tokens=12, temperature=1.0, seed=3)
+    )
+    groups = [
+        ScoredGroup(
+            prompt_index=g,
+            completions=completions[4 * g : 4 * g + 4],
+            rewards=[float(r) for r in REWARDS[g]],
+            correct=[bool(r) for r in REWARDS[g]],
+            outcomes=["correct" if r else "wrong" for r in REWARDS[g]],
+            position=g,
+        )
+        for g in range(4)
+    ]
+    Path(path).write_bytes(pickle.dumps(groups))
+
+
+def full_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    weights = trainer.parallel.full_state_dict(trainer.model) or {}
+    if trainer.critic is not None:
+        critic = trainer.parallel.full_state_dict(trainer.critic.model) or {}
+        weights.update({f"critic.{k}": v for k, v in critic.items()})
+    return weights
+
+
+def learn(groups_path: str, out: str, strategy: str, split: str, presets: list[str]) -> None:
+    groups: list[ScoredGroup] = pickle.loads(Path(groups_path).read_bytes())
+    if split == "alternate":
+        mine = [g for g in groups if g.position % world_size() == rank()]
+    else:
+        mine = groups if rank() == 0 else []
+    for preset in presets:
+        trainer = Trainer(
+            load_config(None, settings(preset, strategy, f"{out}/run-{preset}")), log=lambda s: None
+        )
+        metrics = trainer.learn(StepRollouts(groups=mine))
+        weights = full_weights(trainer)
+        if rank() == 0:
+            torch.save({"weights": weights, "metrics": metrics}, f"{out}/{preset}.pt")
+
+
+def filtered_step(out: str, strategy: str) -> None:
+    """DAPO's dynamic sampling with a reward that is 0 for every completion of rank 1."""
+    config = load_config(
+        None,
+        [
+            *settings("dapo", strategy, f"{out}/run-filtered"),
+            "training.max_sampling_rounds=3",
+            "task.rewards=[{name: 'rank_reward:reward_on_rank_0_only'}]",
+        ],
+    )
+    trainer = Trainer(config, log=lambda s: None)
+    metrics = trainer.train_step(0)
+    weights = full_weights(trainer)
+    if rank() == 0:
+        torch.save({"weights": weights, "metrics": metrics}, f"{out}/filtered.pt")
+
+
+def main(argv: list[str]) -> None:
+    command, *args = argv
+    init_from_environment(timeout_s=120, use_cuda=False)
+    Path(args[1] if command == "learn" else args[0]).parent.mkdir(parents=True, exist_ok=True)
+    if command != "make":
+        Path(args[1] if command == "learn" else args[0]).mkdir(parents=True, exist_ok=True)
+    try:
+        if command == "make":
+            make_groups(*args)
+        elif command == "learn":
+            learn(args[0], args[1], args[2], args[3], args[4:])
+        elif command == "filtered":
+            filtered_step(*args)
+        else:
+            raise SystemExit(f"unknown command {command}")
+    finally:
+        shutdown()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))  # rank_reward
+    main(sys.argv[1:])
