@@ -437,3 +437,49 @@ def test_bad_hyperparameters_raise_config_errors_naming_the_field(name, kw, fiel
     lp, old, adv, mask = _random_batch(11)
     with pytest.raises(ConfigError, match=field):
         run(name, lp, old, adv, mask, **kw)
+
+
+def test_batch_selection_of_one_call_is_the_losses_own_choice():
+    """In one process over one call, the batch-wide choice (rlvr.algorithms.covariance) picks the
+    tokens the loss picks itself: the same candidates in the same order, the same generator draws."""
+    from rlvr.algorithms.covariance import clip_cov_selection, kl_cov_selection
+
+    torch.manual_seed(0)
+    lp = -torch.rand(3, 5, dtype=torch.float64) * 3
+    old = lp + 0.05 * torch.randn(3, 5, dtype=torch.float64)
+    adv = torch.randn(3, 5, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.float64)
+    positions = torch.arange(3)
+    for loss, select, hp in (
+        (
+            POLICY_LOSSES.get("clip_cov"),
+            clip_cov_selection,
+            dict(clip_cov_ratio=0.3, clip_cov_lb=-9.0, clip_cov_ub=9.0),
+        ),
+        (POLICY_LOSSES.get("kl_cov"), kl_cov_selection, dict(kl_cov_ratio=0.3)),
+    ):
+        chosen = select(
+            logprobs=lp,
+            old_logprobs=old,
+            advantages=adv,
+            mask=mask,
+            positions=positions,
+            generator=torch.Generator().manual_seed(5),
+            **hp,
+        )
+        assert int(chosen.sum()) == 3  # floor(0.3 * 10 tokens)
+        assert not (chosen & ~mask.bool()).any()
+        grads = []
+        for extra in ({"generator": torch.Generator().manual_seed(5)}, {"token_selection": chosen}):
+            x = lp.clone().requires_grad_(True)
+            loss(logprobs=x, old_logprobs=old, advantages=adv, mask=mask, **hp, **extra).loss.backward()
+            grads.append(x.grad)
+        # Detached (Clip-Cov) or penalised (KL-Cov) tokens show in the gradient: the same tokens.
+        torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-15)
+        other = chosen.clone()
+        other[1, 4], other[0, 0] = ~other[1, 4], ~other[0, 0]
+        x = lp.clone().requires_grad_(True)
+        loss(
+            logprobs=x, old_logprobs=old, advantages=adv, mask=mask, **hp, token_selection=other
+        ).loss.backward()
+        assert not torch.allclose(x.grad, grads[0])  # the comparison can tell choices apart

@@ -28,9 +28,6 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 WORKER = HERE / "parallel_worker.py"
 CRITIC_FREE_PRESETS = sorted(p for p in PRESETS if p not in ("ppo", "vapo"))
-LOCAL_STATISTICS = ("clip_cov", "kl_cov")
-"""Presets whose token selection is drawn over each micro-batch (sec. 4 of arXiv 2505.22617 as the
-authors' code computes it), so their update depends on how the batch is split: see docs/distributed.md."""
 
 
 # --- one process ----------------------------------------------------------------------------------
@@ -146,7 +143,7 @@ def _compare(one: Path, two: Path, preset: str) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_one_step_on_two_ranks_equals_the_same_batch_on_one(rollouts, tmp_path, strategy):
-    presets = [p for p in CRITIC_FREE_PRESETS if p not in LOCAL_STATISTICS] + ["ppo", "vapo"]
+    presets = [*CRITIC_FREE_PRESETS, "ppo", "vapo"]
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, str(WORKER), "learn", str(rollouts), str(one), "none", "alternate", *presets])
     _run(_torchrun(str(WORKER), "learn", str(rollouts), str(two), strategy, "alternate", *presets))

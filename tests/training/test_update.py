@@ -96,3 +96,34 @@ def test_updates_per_step_makes_that_many_optimizer_steps():
         tiny_model(VOCAB), _batch(), AlgorithmConfig(), micro_batch_tokens=10_000, updates_per_step=4
     )
     assert metrics["optim/updates"] == 4.0
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        AlgorithmConfig(policy_loss="clip_cov", clip_cov_ratio=0.1, clip_cov_lb=-10.0, clip_cov_ub=10.0),
+        AlgorithmConfig(policy_loss="kl_cov", kl_cov_ratio=0.1),
+    ],
+    ids=["clip_cov", "kl_cov"],
+)
+def test_covariance_token_choice_is_made_over_the_mini_batch_whatever_the_split(algorithm):
+    torch.set_default_dtype(torch.float64)
+    try:
+        batch = _batch()
+        base = tiny_model(VOCAB).double()
+        batch.old_logprobs = compute_logprobs(base, batch, 1.0, 10_000) + 0.05 * torch.randn_like(
+            batch.old_logprobs
+        )
+        batch.old_logprobs *= batch.response_mask
+        whole, split = copy.deepcopy(base), copy.deepcopy(base)
+        m1 = _run(whole, batch, algorithm, micro_batch_tokens=10_000)
+        m2 = _run(split, batch, algorithm, micro_batch_tokens=40)
+        for (name, p1), (_, p2) in zip(whole.named_parameters(), split.named_parameters(), strict=True):
+            assert torch.allclose(p1, p2, atol=1e-10, rtol=0), name
+        frac = f"policy/{algorithm.policy_loss}_frac"
+        tokens = float(batch.response_mask.sum())
+        # k = floor(0.1 * N) tokens of the whole batch, not of each micro-batch.
+        assert m1[frac] == pytest.approx(m2[frac], abs=1e-12)
+        assert m1[frac] * tokens == pytest.approx(int(0.1 * tokens), abs=1e-9)
+    finally:
+        torch.set_default_dtype(torch.float32)

@@ -32,6 +32,7 @@ import torch
 
 from rlvr.algorithms.aggregation import AGGREGATIONS, aggregate
 from rlvr.algorithms.checks import check_mask, check_same_shape, check_tensor
+from rlvr.algorithms.covariance import clip_cov_selection, kl_cov_selection, selection_count
 from rlvr.algorithms.outputs import LossOutput
 from rlvr.errors import ConfigError, ShapeError
 from rlvr.registry import Registry
@@ -47,6 +48,7 @@ POLICY_LOSS_TENSOR_ARGS: tuple[str, ...] = (
     "num_sequences",
     "norm_length",
     "generator",
+    "token_selection",
 )
 
 
@@ -346,13 +348,6 @@ def token_covariance(logprobs: torch.Tensor, advantages: torch.Tensor, keep: tor
     return centred_lp * centred_adv * m
 
 
-def _count(fraction: float, n_tokens: int) -> int:
-    """floor(fraction * N), at least 1 when fraction > 0 and there are tokens."""
-    if fraction <= 0 or n_tokens == 0:
-        return 0
-    return max(1, math.floor(fraction * n_tokens))
-
-
 @POLICY_LOSSES.register("clip_cov")
 def clip_cov(
     *,
@@ -364,6 +359,7 @@ def clip_cov(
     num_sequences: float | torch.Tensor | None = None,
     norm_length: int | None = None,
     generator: torch.Generator | None = None,
+    token_selection: torch.Tensor | None = None,
     aggregation: str = "token-mean",
     eps_low: float = 0.2,
     eps_high: float = 0.2,
@@ -385,6 +381,11 @@ def clip_cov(
     clip); the authors' 7B recipe sets eps_low = eps_high = 1 (an almost unclipped r A).
     Paper values: clip_cov_ratio 2e-4, window [1, 5].
 
+    ``token_selection`` [B, T] (bool), when given, names the detached tokens instead: the training
+    loop chooses them over the whole mini-batch of all ranks
+    (:func:`rlvr.algorithms.covariance.clip_cov_selection`), so that the update does not depend on
+    the micro-batch split; without it the choice is made over this call's tokens, as above.
+
     ``policy/clip_cov_frac`` is the fraction of response tokens detached.
     """
     lp, old, adv, keep = _prepare(logprobs, old_logprobs, advantages, mask, aggregation)
@@ -394,17 +395,21 @@ def clip_cov(
     _check_number("clip_cov_ub", clip_cov_ub, minimum=-math.inf)
     if clip_cov_ub < clip_cov_lb:
         raise ConfigError(f"clip_cov_ub ({clip_cov_ub}) must be >= clip_cov_lb ({clip_cov_lb})")
-    ratio = torch.exp(lp - old).detach()
-    _, low, high = _clipped_surrogate(ratio, adv, eps_low, eps_high)
-    cov = token_covariance(lp, adv, keep)
-    candidates = keep & ~low & ~high & (cov >= clip_cov_lb) & (cov <= clip_cov_ub)
-    flat = candidates.flatten().nonzero().squeeze(1)  # row-major order
-    k = min(_count(clip_cov_ratio, int(keep.sum())), flat.numel())
-    perm_device = generator.device if generator is not None else flat.device
-    order = torch.randperm(flat.numel(), generator=generator, device=perm_device).to(flat.device)
-    detached = torch.zeros(keep.numel(), dtype=torch.bool, device=keep.device)
-    detached[flat[order[:k]]] = True
-    detached = detached.view_as(keep)
+    if token_selection is not None:
+        check_same_shape("logprobs", logprobs, token_selection=token_selection)
+        detached = token_selection.bool() & keep
+    else:
+        ratio = torch.exp(lp - old).detach()
+        _, low, high = _clipped_surrogate(ratio, adv, eps_low, eps_high)
+        cov = token_covariance(lp, adv, keep)
+        candidates = keep & ~low & ~high & (cov >= clip_cov_lb) & (cov <= clip_cov_ub)
+        flat = candidates.flatten().nonzero().squeeze(1)  # row-major order
+        k = min(selection_count(clip_cov_ratio, int(keep.sum())), flat.numel())
+        perm_device = generator.device if generator is not None else flat.device
+        order = torch.randperm(flat.numel(), generator=generator, device=perm_device).to(flat.device)
+        detached = torch.zeros(keep.numel(), dtype=torch.bool, device=keep.device)
+        detached[flat[order[:k]]] = True
+        detached = detached.view_as(keep)
 
     lp_used = torch.where(detached, lp.detach(), lp)
     log_ratio = lp_used - old
@@ -427,6 +432,7 @@ def kl_cov(
     num_sequences: float | torch.Tensor | None = None,
     norm_length: int | None = None,
     generator: torch.Generator | None = None,
+    token_selection: torch.Tensor | None = None,
     aggregation: str = "token-mean",
     kl_cov_ratio: float = 2e-3,
     kl_cov_coef: float = 1.0,
@@ -446,6 +452,10 @@ def kl_cov(
 
     Worked example, 4 tokens with Cov (3, -1, 0.5, 2), ratio 0.25 -> k = 1: only the first token
     is penalised; with log-ratio 0.1 there its loss is -e^0.1 A + 0.1.
+    ``token_selection`` [B, T] (bool), when given, names the penalised tokens instead: the training
+    loop ranks the tokens of the whole mini-batch of all ranks
+    (:func:`rlvr.algorithms.covariance.kl_cov_selection`); without it the top-k is over this call.
+
     ``policy/kl_cov_frac`` is the fraction of response tokens penalised.
     """
     lp, old, adv, keep = _prepare(logprobs, old_logprobs, advantages, mask, aggregation)
@@ -453,12 +463,21 @@ def kl_cov(
     _check_number("kl_cov_coef", kl_cov_coef, minimum=0.0)
     log_ratio = lp - old
     ratio = torch.exp(log_ratio)
-    cov = token_covariance(lp, adv, keep).masked_fill(~keep, -math.inf)
-    k = _count(kl_cov_ratio, int(keep.sum()))
-    penalised = torch.zeros(keep.numel(), dtype=torch.bool, device=keep.device)
-    penalised[torch.topk(cov.flatten(), k).indices] = True
-    penalised = penalised.view_as(keep)
+    if token_selection is not None:
+        check_same_shape("logprobs", logprobs, token_selection=token_selection)
+        penalised = token_selection.bool() & keep
+    else:
+        cov = token_covariance(lp, adv, keep).masked_fill(~keep, -math.inf)
+        k = selection_count(kl_cov_ratio, int(keep.sum()))
+        penalised = torch.zeros(keep.numel(), dtype=torch.bool, device=keep.device)
+        penalised[torch.topk(cov.flatten(), k).indices] = True
+        penalised = penalised.view_as(keep)
     values = -adv * ratio + kl_cov_coef * log_ratio.abs() * penalised.to(lp.dtype)
     metrics = _ratio_metrics(ratio, log_ratio, keep)
     metrics["policy/kl_cov_frac"] = _masked_mean(penalised.to(lp.dtype), keep)
     return _finish(values, keep, aggregation, num_tokens, num_sequences, norm_length, metrics)
+
+
+# The loop asks a loss for ``select_tokens``, the function that chooses its tokens over the batch.
+clip_cov.select_tokens = clip_cov_selection  # type: ignore[attr-defined]
+kl_cov.select_tokens = kl_cov_selection  # type: ignore[attr-defined]

@@ -25,7 +25,7 @@ from rlvr.algorithms.kl import kl_loss
 from rlvr.algorithms.lm_loss import positive_lm_loss
 from rlvr.algorithms.losses import POLICY_LOSS_TENSOR_ARGS, POLICY_LOSSES
 from rlvr.distributed import all_reduce_max, all_reduce_sum, gather_objects, world_size
-from rlvr.training.batch import MicroBatch, RolloutBatch, aligned_micro_batches
+from rlvr.training.batch import MicroBatch, RolloutBatch, aligned_micro_batches, global_row_positions
 from rlvr.training.model import autocast_context
 from rlvr.training.parallel import clip_grad_norm
 
@@ -68,10 +68,13 @@ def compute_logprobs(
     temperature: float,
     micro_batch_tokens: int,
     autocast_dtype: torch.dtype | None = None,
+    rows: list[int] | None = None,
 ) -> torch.Tensor:
-    """Per-token logprobs [B, T] of the batch's responses under ``model`` (no gradient)."""
+    """Per-token logprobs [B, T] of the batch's responses under ``model`` (no gradient); with
+    ``rows``, only those rows are computed (the others stay 0)."""
     out = torch.zeros_like(batch.old_logprobs)
-    for mb in aligned_micro_batches(batch, range(batch.size), micro_batch_tokens):
+    chosen = range(batch.size) if rows is None else rows
+    for mb in aligned_micro_batches(batch, chosen, micro_batch_tokens):
         logits = response_logits(model, mb, autocast_dtype)
         if mb.is_idle:
             continue
@@ -177,9 +180,28 @@ def policy_update(
     lm_loss_sum = 0.0  # the same for the positive-example NLL
     agg = dict(aggregation=algorithm.aggregation, norm_length=settings.norm_length)
 
+    select_tokens = getattr(loss_fn, "select_tokens", None)  # Clip-Cov, KL-Cov: over the whole mini-batch
+    if select_tokens is not None:
+        select_hp = hyperparameters_for(select_tokens, algorithm, (*POLICY_LOSS_TENSOR_ARGS, "positions"))
+        positions = torch.tensor(global_row_positions(batch.row_keys)[0], dtype=torch.long)
+
     model.train()
     for rows in schedule:
         row_list = rows.tolist()
+        if select_tokens is not None:
+            current = compute_logprobs(
+                model, batch, settings.temperature, settings.micro_batch_tokens, settings.autocast_dtype, row_list
+            )
+            selection = torch.zeros_like(batch.response_mask, dtype=torch.bool)
+            selection[rows] = select_tokens(
+                logprobs=current[rows],
+                old_logprobs=batch.old_logprobs[rows],
+                advantages=batch.extra["advantages"][rows],
+                mask=batch.response_mask[rows],
+                positions=positions[rows],
+                generator=generator,
+                **select_hp,
+            )
         mask_rows = batch.response_mask[rows]
         counts = all_reduce_sum(
             torch.stack(
@@ -210,6 +232,7 @@ def policy_update(
                 norm_length=settings.norm_length,
                 generator=generator,
                 **loss_hp,
+                **({"token_selection": selection[mb.rows, :t]} if select_tokens is not None else {}),
             )
             loss, step_metrics = out.loss, dict(out.metrics)
             policy_loss_sum += float(out.loss.detach())  # micro-batch losses are parts of one sum
