@@ -68,7 +68,8 @@ class ValueModel(torch.nn.Module):
             )
         start = mb.prompt_width - 1  # the hidden state that has read the prompt and response[:t]
         hidden = out.last_hidden_state[:, start : start + mb.response_width]
-        return self.head(hidden.float()).squeeze(-1)
+        # float32, unless FSDP2 mixed precision gathers the head in bfloat16 (parallel.mixed_precision)
+        return self.head(hidden.to(self.head.weight.dtype)).float().squeeze(-1)
 
 
 def load_value_model(config: Config, device: torch.device, *, min_vocab: int | None = None) -> ValueModel:

@@ -66,9 +66,14 @@ class Parallel:
     Without a process group every method is a no-op, whatever ``parallel.strategy`` says.
     """
 
-    def __init__(self, config: ParallelConfig) -> None:
+    def __init__(self, config: ParallelConfig, device: torch.device | None = None) -> None:
         self.config = config
         self.world = world_size()
+        if config.cpu_offload and (device is None or device.type != "cuda") and is_distributed():
+            raise ConfigError(
+                "setting 'parallel.cpu_offload' keeps shards in CPU memory while a GPU computes; this run "
+                "trains on the CPU already (training.device), so leave it false"
+            )
         if is_distributed() and self.world > 1 and config.strategy == "none":
             raise ConfigError(
                 f"setting 'parallel.strategy' is none but torchrun started {self.world} processes; "

@@ -76,9 +76,9 @@ class Trainer:
         c = config
         self.device = resolve_device(c.training.device)
         init_from_environment(timeout_s=c.parallel.timeout_s, use_cuda=self.device.type == "cuda")
-        self.parallel = Parallel(c.parallel)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", torch.cuda.current_device())
+        self.parallel = Parallel(c.parallel, self.device)
         self.config, self.log = config, (log if rank() == 0 else _silent)
         self.out = Path(c.logging.output_dir)
         if c.rollout.prompts_per_step < world_size():
