@@ -15,7 +15,7 @@ from training_fixtures import random_completions, tiny_model
 
 from rlvr.algorithms.advantages import gae, vapo, whiten_advantages
 from rlvr.algorithms.presets import get_preset
-from rlvr.algorithms.value import value_loss_fn
+from rlvr.algorithms.value import explained_variance, value_loss_fn
 from rlvr.config import load_config
 from rlvr.errors import ConfigError
 from rlvr.training.batch import make_batch
@@ -203,7 +203,7 @@ def test_value_pretraining_lowers_value_loss_and_raises_explained_variance_befor
         m = value_loss_fn(
             values=values, old_values=None, returns=returns, mask=held_out.response_mask, value_loss="mse"
         ).metrics
-        return float(m["value/loss"]), float(m["value/explained_variance"])
+        return float(m["value/loss"]), explained_variance(values, returns, held_out.response_mask)
 
     loss_before, ev_before = fit()
     history = trainer.pretrain_critic()
