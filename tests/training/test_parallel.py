@@ -56,6 +56,13 @@ def test_without_a_process_group_every_strategy_is_a_no_op():
     assert len(decoder_layers(model)) == model.config.num_hidden_layers  # what fsdp2 shards one by one
 
 
+def test_without_torchrun_there_is_no_process_group():
+    from rlvr.distributed import broadcast_object, init_from_environment, is_distributed, restart_count
+
+    assert not init_from_environment(timeout_s=5, use_cuda=False) and not is_distributed()
+    assert broadcast_object({"a": 1}) == {"a": 1} and restart_count() == 0
+
+
 def test_settings_that_need_fsdp2_are_refused_with_the_key():
     with pytest.raises(ConfigError, match="parallel.cpu_offload"):
         load_config(None, ["parallel.cpu_offload=true"])
@@ -251,13 +258,11 @@ def _pid_of_rank(rank: int) -> int | None:
     return None
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the rank's process through /proc")
-def test_a_killed_rank_restarts_the_group_which_resumes_and_finishes(tmp_path):
-    run = tmp_path / "run"
+def _start_and_kill_rank_1(run: Path, restarts: int) -> tuple[int, str]:
+    """Start a 2-rank run, SIGKILL rank 1 once the first checkpoint exists, return (exit code, log)."""
     args = [*TRAIN, "training.steps=5", f"logging.output_dir={run}", "parallel.timeout_s=60"]
     proc = subprocess.Popen(
-        _torchrun(*args, restarts=1),
+        _torchrun(*args, restarts=restarts),
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -274,8 +279,25 @@ def test_a_killed_rank_restarts_the_group_which_resumes_and_finishes(tmp_path):
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-6000:]
+    return proc.returncode, out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the rank's process through /proc")
+def test_a_killed_rank_ends_the_job_with_errors_naming_ranks(tmp_path):
+    code, out = _start_and_kill_rank_1(tmp_path / "run", restarts=0)
+    assert code != 0
+    assert "rank 0 of 2: training stopped because a collective with the other ranks failed" in out
     assert "local_rank: 1" in out and "exitcode: -9" in out  # torchrun names the rank that died
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the rank's process through /proc")
+def test_a_killed_rank_restarts_the_group_which_resumes_and_finishes(tmp_path):
+    run = tmp_path / "run"
+    code, out = _start_and_kill_rank_1(run, restarts=1)
+    assert code == 0, out[-6000:]
+    assert "local_rank: 1" in out and "exitcode: -9" in out
     assert "resumed from" in out  # the restarted group continued from a checkpoint
-    assert _steps_logged(run)[-1] == 5 and (run / "final" / "model.safetensors").is_file()
+    assert (run / "final" / "model.safetensors").is_file()
     assert _steps_logged(run) == [1, 2, 3, 4, 5]  # the steps after the checkpoint are logged once
