@@ -30,7 +30,10 @@ REWARDS = [[1, 0, 0, 1], [0, 0, 0, 1], [1, 1, 1, 1], [0, 1, 1, 0]]
 
 
 def settings(preset: str, strategy: str, out: str) -> list[str]:
+    """The run's settings; ``strategy`` may end in ``+checkpointing`` (activation checkpointing)."""
+    strategy, _, extra = strategy.partition("+")
     return [
+        *(["model.gradient_checkpointing=true"] if extra == "checkpointing" else []),
         f"preset={preset}",
         "rollout.prompts_per_step=4",
         "rollout.samples_per_prompt=4",

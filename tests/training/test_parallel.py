@@ -164,6 +164,18 @@ def test_one_step_on_two_ranks_equals_the_same_batch_on_one(rollouts, tmp_path, 
 
 
 @pytest.mark.slow
+def test_activation_checkpointing_under_fsdp2_changes_no_update(rollouts, tmp_path):
+    presets = ["grpo", "ppo"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, str(WORKER), "learn", str(rollouts), str(one), "none", "alternate", *presets])
+    _run(
+        _torchrun(str(WORKER), "learn", str(rollouts), str(two), "fsdp2+checkpointing", "alternate", *presets)
+    )
+    for preset in presets:
+        assert _compare(one, two, preset) <= 1e-5, preset
+
+
+@pytest.mark.slow
 def test_a_rank_with_no_groups_takes_part_in_every_collective(rollouts, tmp_path):
     presets = ["grpo", "dapo", "ppo"]
     one, two = tmp_path / "one", tmp_path / "two"
