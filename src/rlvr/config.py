@@ -214,8 +214,8 @@ class ParallelConfig:
     replica per rank and all-reduces gradients; fsdp2 shards parameters, gradients and optimizer
     state over the ranks (fully_shard per decoder layer and the root); none allows one rank only."""
     mixed_precision: Literal["none", "bfloat16"] = "none"
-    """fsdp2 only: compute in bfloat16 parameters gathered from float32 shards, and reduce gradients
-    in float32 (FSDP2's MixedPrecisionPolicy)."""
+    """fsdp2 only: keep float32 shards (model.dtype auto then means float32), compute with bfloat16
+    parameters gathered from them, and reduce gradients in float32 (FSDP2's MixedPrecisionPolicy)."""
     cpu_offload: bool = False
     """fsdp2 only: keep parameter shards, gradients and optimizer state in CPU memory between uses."""
     timeout_s: float = 600.0
@@ -414,6 +414,11 @@ def validate_config(config: Config) -> None:
     validate_algorithm_config(config.algorithm)
     _validate_critic(config.critic)
     _validate_parallel(config.parallel)
+    if config.parallel.mixed_precision != "none" and config.model.dtype not in ("auto", "float32"):
+        raise ConfigError(
+            f"setting 'parallel.mixed_precision' ({config.parallel.mixed_precision}) keeps float32 shards and "
+            f"computes in bfloat16; model.dtype must be auto or float32, got {config.model.dtype}"
+        )
 
 
 def _validate_parallel(p: ParallelConfig) -> None:

@@ -73,6 +73,8 @@ class Trainer:
     """Holds a run's parts; :meth:`run` trains from step 0 or from the latest checkpoint."""
 
     def __init__(self, config: Config, *, log: Any = print) -> None:
+        if config.parallel.mixed_precision != "none":  # float32 shards; FSDP2 gathers them in bfloat16
+            config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="float32"))
         c = config
         self.device = resolve_device(c.training.device)
         init_from_environment(timeout_s=c.parallel.timeout_s, use_cuda=self.device.type == "cuda")
