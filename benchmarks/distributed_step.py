@@ -1,6 +1,7 @@
 """Step time, throughput and peak memory of `rlvr train` on 1 process and on N ranks (ddp, fsdp2).
 
-    python benchmarks/distributed_step.py [--nproc 2] [--steps 8] [--model PATH] [key=value ...]
+    python benchmarks/distributed_step.py [--nproc 2] [--steps 8] [--model PATH] [--strategies none,ddp,fsdp2]
+        [key=value ...]
 
 Each configuration is a real run (`rlvr train`, under torchrun for N ranks) of the same recipe with
 the same global batch; the table reports the median of `time/step`, `time/generate` (the slowest
@@ -66,7 +67,13 @@ def run(nproc: int, strategy: str, out: Path, steps: int, overrides: list[str]) 
     ]
     launcher = [sys.executable]
     if nproc > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+        ]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     subprocess.run([*launcher, *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -83,10 +90,17 @@ def run(nproc: int, strategy: str, out: Path, steps: int, overrides: list[str]) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--model", default="toy", help="toy, qwen2.5-0.5b (random weights) or a model path")
+    parser.add_argument(
+        "--strategies",
+        default="none,ddp,fsdp2",
+        help="comma-separated; none runs on 1 process, the others on --nproc",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value settings for every run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,8 +108,10 @@ def main() -> None:
         if model == "qwen2.5-0.5b":
             model = build_random_model(Path(tmp) / "model")
         overrides = [f"model.path={model}", *args.overrides]
-        cases = [(1, "none"), (args.nproc, "ddp"), (args.nproc, "fsdp2")]
-        print("| processes | strategy | step (s) | generate (s) | gen spread | update (s) | tokens/s | peak GB |")
+        cases = [(1 if s == "none" else args.nproc, s) for s in args.strategies.split(",")]
+        print(
+            "| processes | strategy | step (s) | generate (s) | gen spread | update (s) | tokens/s | peak GB |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for nproc, strategy in cases:
             r = run(nproc, strategy, Path(tmp) / f"{nproc}-{strategy}", args.steps, overrides)
