@@ -531,8 +531,8 @@ class Trainer:
                     self.step, metrics, {k: v for k, v in metrics.items() if k.startswith("time/")}
                 )
                 if c.logging.sample_every and self.step % c.logging.sample_every == 0:
-                    with self.parallel.gathered(self.model):
-                        samples = self._samples()
+                    with self.parallel.gathered(self.model):  # generation runs no collective
+                        samples = self._samples() if rank() == 0 else []
                     logger.log_samples(self.step, samples)
                 if c.checkpoint.every and self.step % c.checkpoint.every == 0:
                     self.save()
