@@ -45,7 +45,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
@@ -58,6 +57,14 @@ from rlvr.distributed import barrier, broadcast_object, rank, world_size
 from rlvr.errors import ConfigError, DataError
 from rlvr.training.rng import capture_rng_state as capture_rng_state  # re-exported
 from rlvr.training.rng import gather_rng_states, restore_rng_state
+from rlvr.training.sharded_state import (
+    apply_training_state,
+    check_saved_keys,
+    export_state,
+    single_process_quiet,
+    training_state,
+    unwrap,
+)
 
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE_JSON = "trainer_state.json"
@@ -65,7 +72,6 @@ TRAINER_STATE_PT = "trainer_state.pt"
 RNG_FILE = "rng.pt"
 STATE_DIR = "state"
 SCHEDULER_FILE = "scheduler.pt"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -118,126 +124,6 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 # ---------------------------------------------------------------------------------------------------
 # Saving
-
-
-def _unwrap(model: Any) -> Any:
-    """The module inside DistributedDataParallel / torch.compile wrappers."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def _is_peft_model(model: Any) -> bool:
-    peft = sys.modules.get("peft")  # a peft model implies peft is imported
-    return peft is not None and isinstance(model, peft.PeftModel)
-
-
-def _is_sharded(model: Any) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
-def _state_options(*, for_loading: bool = False) -> Any:
-    """Trainable weights only; loading them leaves the frozen ones (DCP has already checked that
-    every trainable weight is in the checkpoint)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(ignore_frozen_params=True, strict=not for_loading)
-
-
-def _training_state(model: Any, optimizer: Any, modules: Mapping[str, tuple[Any, Any]]) -> dict[str, Any]:
-    """The DCP state: trainable weights and optimizer state of the model and of each of ``modules``."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
-
-    state: dict[str, Any] = {}
-    for prefix, (module, opt) in {"": (model, optimizer), **modules}.items():
-        key = f"{prefix}." if prefix else ""
-        if opt is None:
-            state[f"{key}model"] = get_model_state_dict(module, options=_state_options())
-        else:
-            state[f"{key}model"], state[f"{key}optimizer"] = get_state_dict(
-                module, optimizers=opt, options=_state_options()
-            )
-    return state
-
-
-def _apply_training_state(
-    state: dict[str, Any], model: Any, optimizer: Any, modules: Mapping[str, tuple[Any, Any]]
-) -> None:
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
-
-    for prefix, (module, opt) in {"": (model, optimizer), **modules}.items():
-        key = f"{prefix}." if prefix else ""
-        if opt is None:
-            set_model_state_dict(module, state[f"{key}model"], options=_state_options(for_loading=True))
-        else:
-            set_state_dict(
-                module,
-                optimizers=opt,
-                model_state_dict=state[f"{key}model"],
-                optim_state_dict=state[f"{key}optimizer"],
-                options=_state_options(for_loading=True),
-            )
-
-
-@contextlib.contextmanager
-def _single_process_quiet() -> Iterator[None]:
-    """DCP warns that it runs in a single process when there is no process group: that is intended."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        yield
-
-
-def _flat_keys(state: Mapping[str, Any], prefix: str = "") -> set[str]:
-    keys: set[str] = set()
-    for key, value in state.items():
-        name = f"{prefix}{key}"
-        keys |= _flat_keys(value, f"{name}.") if isinstance(value, Mapping) else {name}
-    return keys
-
-
-def _check_saved_keys(directory: Path, state: Mapping[str, Any]) -> None:
-    """Weights the checkpoint has but the model lacks are an error (DCP would skip them silently)."""
-    import torch.distributed.checkpoint as dcp
-
-    saved = dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata
-    wanted = _flat_keys(state)
-    prefixes = tuple(f"{key}." for key in state if key == "model" or key.endswith(".model"))
-    extra = sorted(k for k in saved if k.startswith(prefixes) and k not in wanted)
-    if extra:
-        raise DataError(
-            f"{directory}: the checkpoint holds weights this model does not have: {extra[:5]} "
-            "(was it saved with other model, critic or lora settings?)"
-        )
-
-
-def export_state(model: Any) -> dict[str, torch.Tensor] | None:
-    """The state dict a sharded model's Hugging Face export is written from, on rank 0 (None on
-    the others); collective. None for a replicated model, which ``save_pretrained`` reads itself.
-
-    Tied weights (an LM head that is the embedding) are gathered once and exported under the
-    name ``save_pretrained`` keeps, so that both exports hold the same keys.
-    """
-    model = _unwrap(model)
-    if not _is_sharded(model):
-        return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=_is_peft_model(model))
-    state = get_model_state_dict(model, options=options)
-    if rank() != 0:
-        return None
-    seen: set[int] = set()
-    for name, param in model.named_parameters(remove_duplicate=False):  # a tied pair is one Parameter
-        if id(param) in seen:
-            state.pop(name, None)
-        seen.add(id(param))
-    return state
 
 
 def _needs_torch(value: Any, where: str) -> bool:
@@ -445,13 +331,13 @@ def save_checkpoint(
     try:
         import torch.distributed.checkpoint as dcp
 
-        with _single_process_quiet():
-            dcp.save(_training_state(_unwrap(model), optimizer, modules or {}), checkpoint_id=tmp / STATE_DIR)
+        with single_process_quiet():
+            dcp.save(training_state(unwrap(model), optimizer, modules or {}), checkpoint_id=tmp / STATE_DIR)
         exported = export_state(model)  # collective for a sharded model
         if rank() == 0:
             _write_checkpoint(
                 tmp,
-                model=_unwrap(model),
+                model=unwrap(model),
                 exported=exported,
                 tokenizer=tokenizer,
                 scheduler=scheduler,
@@ -488,74 +374,6 @@ def _torch_load(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _shares_storage_with_loaded(key: str, state: Mapping[str, torch.Tensor], loaded: set[str]) -> bool:
-    """Whether ``key`` is tied to (the same tensor as) a key that the checkpoint holds."""
-    ptr = state[key].data_ptr()
-    return any(other in loaded and state[other].data_ptr() == ptr for other in state if other != key)
-
-
-def _key_mismatch(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    expected = model.state_dict()
-    loaded = set(weights)
-    missing = [
-        k for k in expected if k not in loaded and not _shares_storage_with_loaded(k, expected, loaded)
-    ]
-    unexpected = [k for k in weights if k not in expected]
-    return missing, unexpected
-
-
-def load_model_weights(path: str | Path, model: Any) -> None:
-    """Load the weights of checkpoint ``path`` into the existing ``model`` (for a peft model, its adapter)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    model = _unwrap(model)
-    if _is_peft_model(model):
-        from peft import set_peft_model_state_dict
-
-        if not (path / ADAPTER_WEIGHTS).is_file():
-            raise DataError(
-                f"{path}: no {ADAPTER_WEIGHTS}; the model is a peft model but the checkpoint is not"
-            )
-        result = set_peft_model_state_dict(model, load_file(path / ADAPTER_WEIGHTS))
-        if result.unexpected_keys:
-            raise DataError(f"{path}: adapter weights the model does not have: {result.unexpected_keys[:5]}")
-        return
-    files = sorted(p for p in path.glob("*.safetensors") if not p.name.startswith("adapter_model"))
-    if not files:
-        hint = (
-            " (it holds a peft adapter: load it into the peft model)"
-            if (path / ADAPTER_CONFIG).exists()
-            else ""
-        )
-        raise DataError(f"{path}: no model safetensors file{hint}")
-    weights: dict[str, torch.Tensor] = {}
-    for file in files:
-        weights.update(load_file(file))
-    missing, unexpected = _key_mismatch(model, weights)
-    if (missing or unexpected) and hasattr(type(model), "from_pretrained"):
-        # The file names weights as the original checkpoint format does (transformers may rename some on
-        # load and revert the renaming on save): let from_pretrained do the conversion.
-        sample = next(iter(model.state_dict().values()))
-        try:
-            loaded, info = type(model).from_pretrained(path, dtype=sample.dtype, output_loading_info=True)
-        except (OSError, ValueError, RuntimeError) as err:
-            raise DataError(f"{path}: the weights do not match the model ({str(err)[:500]})") from None
-        problems = {k: list(v)[:5] for k, v in info.items() if k != "error_msgs" and v}
-        if problems:
-            raise DataError(f"{path}: the weights do not match the model: {problems}")
-        weights = loaded.state_dict()
-        missing, unexpected = _key_mismatch(model, weights)
-    if missing or unexpected:
-        raise DataError(
-            f"{path}: the weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    try:
-        model.load_state_dict(weights, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise DataError(f"{path}: the weights do not fit the model: {str(err)[:1000]}") from None
-
-
 def load_checkpoint(
     path: str | Path,
     *,
@@ -582,17 +400,17 @@ def load_checkpoint(
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
-    state = _training_state(_unwrap(model), optimizer, modules or {})
-    _check_saved_keys(path / STATE_DIR, state)
+    state = training_state(unwrap(model), optimizer, modules or {})
+    check_saved_keys(path / STATE_DIR, state)
     try:
-        with _single_process_quiet():
+        with single_process_quiet():
             dcp.load(state, checkpoint_id=path / STATE_DIR)
     except (CheckpointException, ValueError, RuntimeError) as err:  # missing keys, shape mismatches
         raise DataError(
             f"{path / STATE_DIR}: the saved training state does not fit this run's model, optimizer or "
             f"critic (was it saved with other model, critic or lora settings?): {str(err)[:800]}"
         ) from None
-    _apply_training_state(state, _unwrap(model), optimizer, modules or {})
+    apply_training_state(state, unwrap(model), optimizer, modules or {})
     if scheduler is not None:
         scheduler.load_state_dict(_torch_load(path / SCHEDULER_FILE))
     for name, obj in (extra_states or {}).items():

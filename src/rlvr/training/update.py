@@ -190,7 +190,12 @@ def policy_update(
         row_list = rows.tolist()
         if select_tokens is not None:
             current = compute_logprobs(
-                model, batch, settings.temperature, settings.micro_batch_tokens, settings.autocast_dtype, row_list
+                model,
+                batch,
+                settings.temperature,
+                settings.micro_batch_tokens,
+                settings.autocast_dtype,
+                row_list,
             )
             selection = torch.zeros_like(batch.response_mask, dtype=torch.bool)
             selection[rows] = select_tokens(
