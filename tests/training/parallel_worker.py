@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from rlvr.config import load_config
 from rlvr.distributed import init_from_environment, rank, shutdown, world_size
@@ -73,9 +74,11 @@ def make_groups(path: str) -> None:
 
 
 def full_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    weights = trainer.parallel.full_state_dict(trainer.model) or {}
+    """Every weight of the policy and the critic, gathered (a collective under fsdp2)."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(trainer.model, options=options)
     if trainer.critic is not None:
-        critic = trainer.parallel.full_state_dict(trainer.critic.model) or {}
+        critic = get_model_state_dict(trainer.critic.model, options=options)
         weights.update({f"critic.{k}": v for k, v in critic.items()})
     return weights
 

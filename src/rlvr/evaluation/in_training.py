@@ -113,19 +113,13 @@ class BestModel:
             return True
         return value > self.best if self.mode == "max" else value < self.best
 
-    def update(
-        self,
-        step: int,
-        metrics: dict[str, float],
-        model: Any,
-        tokenizer: Any,
-        *,
-        state_dict: dict[str, Any] | None = None,
-    ) -> bool:
+    def update(self, step: int, metrics: dict[str, float], model: Any, tokenizer: Any) -> bool:
         """Save the model when ``metrics`` holds a better value of the metric; True when it did.
 
-        ``state_dict`` holds the weights of a sharded model, gathered on rank 0 beforehand.
+        Call it on every rank: the weights of a sharded model are gathered first (a collective).
         """
+        from rlvr.training.sharded_state import export_state
+
         if self.metric not in metrics:
             available = ", ".join(sorted(k for k in metrics if k.startswith("eval/")))
             raise ConfigError(
@@ -136,6 +130,7 @@ class BestModel:
         if not self.is_better(value):
             return False
         self.best = value
+        state_dict = export_state(model)  # None for a replicated model, which saves itself
         if rank() == 0:
             self._save(step, value, model, tokenizer, state_dict)
         return True

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from rlvr.config import ParallelConfig
-from rlvr.distributed import is_distributed, rank, world_size
+from rlvr.distributed import is_distributed, world_size
 from rlvr.errors import ConfigError
 
 GRADIENT_BUCKET_ELEMENTS = 2**25
@@ -161,19 +161,6 @@ class Parallel:
         flat /= self.world
         for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
             grad.copy_(synced)
-
-    def full_state_dict(self, module: torch.nn.Module, *, trainable_only: bool = False) -> dict | None:
-        """The whole ``module``'s state dict on CPU, on rank 0 (None on other ranks); collective.
-
-        ``trainable_only`` leaves out frozen parameters (the base weights under a LoRA adapter).
-        """
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        options = StateDictOptions(
-            full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only
-        )
-        state = get_model_state_dict(module, options=options)
-        return state if rank() == 0 else None
 
     def describe(self) -> str:
         if self.strategy == "none":

@@ -60,10 +60,6 @@ class ScoredGroup:
     position: int = 0
     """Where the group's prompt was drawn in the step (over all rounds and all ranks)."""
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(c.prompt_ids) + len(c.token_ids) for c in self.completions)
-
 
 @dataclass
 class StepRollouts:
@@ -143,8 +139,6 @@ class RolloutCollector:
 
     def _first_kept(self, kept: list[ScoredGroup]) -> list[ScoredGroup]:
         """The first ``prompts_per_step`` kept groups in drawing order over all ranks, dealt out evenly."""
-        if world_size() == 1:
-            return sorted(kept, key=lambda g: g.position)[: self.prompts_per_step]
         everyone = sorted((g for part in gather_objects(kept) for g in part), key=lambda g: g.position)  # type: ignore[union-attr]
         return everyone[: self.prompts_per_step][rank() :: world_size()]
 

@@ -52,6 +52,7 @@ from rlvr.training.model import (
 from rlvr.training.parallel import Parallel
 from rlvr.training.rollouts import RolloutCollector, ScoredGroup, StepRollouts
 from rlvr.training.setup import build_optimizer, build_task, tokenize_prompts
+from rlvr.training.sharded_state import export_state
 from rlvr.training.update import UpdateSettings, compute_logprobs, minibatch_schedule, policy_update
 
 CRITIC_PRETRAIN_FILE = "critic_pretrain.jsonl"
@@ -171,8 +172,7 @@ class Trainer:
         t0 = time.perf_counter()
         with self.parallel.gathered(self.model):  # prompts -> completions -> rewards -> group filters
             rollouts = self.collector.collect(step)
-        metrics = self.learn(rollouts, start_time=t0)
-        return metrics
+        return self.learn(rollouts, start_time=t0)
 
     def learn(self, rollouts: StepRollouts, *, start_time: float | None = None) -> dict[str, float]:
         """Advantages and updates from one step's rollouts (this rank's groups); returns the metrics."""
@@ -399,24 +399,10 @@ class Trainer:
         with self.parallel.gathered(self.model):
             return self.evaluator(self.engine, self.tokenizer)
 
-    def _export_state(self) -> dict[str, torch.Tensor] | None:
-        """The policy's weights for a Hugging Face export on rank 0 when they are sharded (collective)."""
-        if not self.parallel.sharded:
-            return None
-        return self.parallel.full_state_dict(
-            self.model, trainable_only=hasattr(self.model, "disable_adapter")
-        )
-
     def _keep_best(self, metrics: dict[str, float]) -> None:
-        if self.best_model is None:
-            return
-        if self.best_model.metric in metrics and self.best_model.is_better(
-            float(metrics[self.best_model.metric])
+        if self.best_model is not None and self.best_model.update(
+            self.step, metrics, self.model, self.tokenizer
         ):
-            state = self._export_state()  # every rank: gathering is collective
-        else:
-            state = None
-        if self.best_model.update(self.step, metrics, self.model, self.tokenizer, state_dict=state):
             self.log(
                 f"best {self.best_model.metric} so far ({metrics[self.best_model.metric]:.4g}): saved to {self.best_model.dir}"
             )
@@ -444,6 +430,7 @@ class Trainer:
     def save(self) -> Path:
         from rlvr.training.checkpoint import save_checkpoint
 
+        modules, extra_states = self._critic_parts()
         return save_checkpoint(
             self.out,
             self.step,
@@ -453,8 +440,8 @@ class Trainer:
             scheduler=self.scheduler,
             trainer_state=self.trainer_state(),
             keep_last=self.config.checkpoint.keep_last,
-            modules=self._critic_parts()[0],
-            extra_states=self._critic_parts()[1],
+            modules=modules,
+            extra_states=extra_states,
         )
 
     def resume(self) -> bool:
@@ -464,13 +451,14 @@ class Trainer:
         path = latest_checkpoint(self.out)
         if path is None:
             return False
+        modules, extra_states = self._critic_parts()
         state = load_checkpoint(
             path,
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
-            modules=self._critic_parts()[0],
-            extra_states=self._critic_parts()[1],
+            modules=modules,
+            extra_states=extra_states,
         )
         self.load_trainer_state(state)
         self.log(f"resumed from {path} at step {self.step}")
@@ -549,7 +537,7 @@ class Trainer:
             logger.log(self.step, eval_after)
             self._keep_best(eval_after)
             self.save()
-            state = self._export_state()
+            state = export_state(self.model)  # every rank: gathering a sharded model is collective
             if rank() == 0:
                 save_model_dir(self.model, self.tokenizer, self.out / "final", state_dict=state)
         logger.close()
