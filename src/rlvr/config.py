@@ -150,6 +150,14 @@ class TrainingConfig:
     """Optimizer steps per epoch: the step's completions are split into this many mini-batches."""
     micro_batch_tokens: int = 16384
     """Most tokens (padded, prompt + completion) in one forward/backward pass."""
+    skip_zero_advantage: bool = True
+    """Leave out of the update's forward and backward the completions whose advantage is 0 on
+    every token (a group whose rewards are all equal, under grpo/dr_grpo/rloo), when nothing else
+    in the loss reads them: the policy loss is a multiple of the advantage (ppo_clip, gspo, cispo,
+    clip_cov), no KL or entropy term is in the loss, and, with an LM loss, the completion is wrong.
+    The gradient is the same up to float summation order (the loss keeps the whole mini-batch's
+    token and sequence counts); update metrics (entropy, ratios, clip fractions) are then over the
+    completions that were computed."""
     max_sampling_rounds: int = 4
     """Dynamic sampling: most generation rounds per step to fill the batch with kept groups."""
     seed: int = 0

@@ -111,3 +111,103 @@ def test_updates_per_step_makes_that_many_optimizer_steps():
         tiny_model(VOCAB), _batch(), AlgorithmConfig(), micro_batch_tokens=10_000, updates_per_step=4
     )
     assert metrics["optim/updates"] == 4.0
+
+
+def _batch_with_equal_groups(rewards):
+    """Four groups of four; ``rewards`` has 16 entries, so a group with equal rewards has A = 0."""
+    comps = random_completions(VOCAB, num_prompts=4, n=4, seed=3)
+    batch = make_batch(comps, rewards, [r > 0 for r in rewards], [i // 4 for i in range(16)], pad_id=0)
+    adv = ADVANTAGES.get("grpo")(rewards=batch.rewards, mask=batch.response_mask, group_ids=batch.group_ids)
+    batch.extra["advantages"] = adv.advantages
+    batch.extra["ref_logprobs"] = batch.old_logprobs - 0.1 * batch.response_mask
+    return batch
+
+
+def _run_adamw(model, batch, algorithm, skip, updates_per_step=2):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    settings = UpdateSettings(
+        ppo_epochs=2,
+        updates_per_step=updates_per_step,
+        micro_batch_tokens=40,
+        max_grad_norm=1.0,
+        temperature=1.0,
+        norm_length=12,
+        skip_zero_advantage=skip,
+    )
+    return policy_update(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        batch=batch,
+        algorithm=algorithm,
+        settings=settings,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+SKIPPABLE = {
+    "token-mean": AlgorithmConfig(aggregation="token-mean"),
+    "seq-mean-token-mean": AlgorithmConfig(aggregation="seq-mean-token-mean"),
+    "dr-grpo-norm": AlgorithmConfig(aggregation="seq-mean-token-sum-norm"),
+    "dual-clip": AlgorithmConfig(clip_ratio_c=3.0),
+    "gspo": AlgorithmConfig(aggregation="seq-mean-token-mean", policy_loss="gspo", eps_low=3e-4, eps_high=4e-4),
+    "cispo": AlgorithmConfig(policy_loss="cispo", eps_high=0.28),
+    "clip_cov": AlgorithmConfig(policy_loss="clip_cov", clip_cov_ratio=0.2, clip_cov_lb=-10.0, clip_cov_ub=10.0),
+    "kl-in-reward": AlgorithmConfig(kl_coef=0.1, kl_placement="reward"),
+    "lm-loss": AlgorithmConfig(lm_coef=0.1),  # correct completions of an all-correct group stay in
+}
+NOT_SKIPPABLE = {
+    "kimi": AlgorithmConfig(policy_loss="kimi", aggregation="seq-mean-token-mean"),
+    "kl_cov": AlgorithmConfig(policy_loss="kl_cov", kl_cov_ratio=0.2),
+    "kl-in-loss": AlgorithmConfig(kl_coef=0.1, kl_placement="loss"),
+    "entropy": AlgorithmConfig(entropy_coef=0.01),
+}
+
+
+@pytest.mark.parametrize("name", [*SKIPPABLE, *NOT_SKIPPABLE])
+def test_skipping_zero_advantage_completions_keeps_every_weight(name):
+    """Group 1 all wrong and group 3 all right (A = 0): leaving them out of the passes gives the
+    same weights after 2 epochs x 2 AdamW steps with weight decay and clipping, in float64."""
+    algorithm = {**SKIPPABLE, **NOT_SKIPPABLE}[name]
+    rewards = [1.0, 0.0, 0.0, 1.0] + [0.0] * 4 + [0.0, 1.0, 0.0, 0.0] + [1.0] * 4
+    torch.set_default_dtype(torch.float64)
+    try:
+        batch = _batch_with_equal_groups(rewards)
+        base = tiny_model(VOCAB).double()
+        batch.old_logprobs = compute_logprobs(base, batch, 1.0, 10_000) + 0.05 * torch.randn_like(
+            batch.old_logprobs
+        )
+        batch.old_logprobs *= batch.response_mask
+        batch.extra["ref_logprobs"] = batch.old_logprobs - 0.1 * batch.response_mask
+        full, skipping = copy.deepcopy(base), copy.deepcopy(base)
+        m_full = _run_adamw(full, batch, algorithm, skip=False)
+        m_skip = _run_adamw(skipping, batch, algorithm, skip=True)
+        for (n, p1), (_, p2) in zip(full.named_parameters(), skipping.named_parameters(), strict=True):
+            assert torch.allclose(p1, p2, atol=1e-10, rtol=0), n
+        assert m_full["loss/policy"] == pytest.approx(m_skip["loss/policy"], abs=1e-10)
+        assert m_full["optim/zero_advantage_skipped"] == 0.0
+        if name == "lm-loss":  # only the 4 all-wrong completions leave
+            assert m_skip["optim/zero_advantage_skipped"] == pytest.approx(4 / 16)
+        elif name in SKIPPABLE:
+            assert m_skip["optim/zero_advantage_skipped"] == pytest.approx(8 / 16)
+        else:
+            assert m_skip["optim/zero_advantage_skipped"] == 0.0
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_a_mini_batch_with_nothing_to_learn_still_takes_its_optimizer_step():
+    """Every group solved or failed: no completion is computed, yet the zero gradient still gives
+    AdamW its step (weight decay, moments), exactly as the full passes do."""
+    rewards = [0.0] * 8 + [1.0] * 8
+    batch = _batch_with_equal_groups(rewards)
+    base = tiny_model(VOCAB)
+    full, skipping = copy.deepcopy(base), copy.deepcopy(base)
+    m_full = _run_adamw(full, batch, AlgorithmConfig(), skip=False)
+    m_skip = _run_adamw(skipping, batch, AlgorithmConfig(), skip=True)
+    assert m_skip["optim/zero_advantage_skipped"] == 1.0 and m_skip["optim/updates"] == 4.0
+    for (n, p1), (_, p2) in zip(full.named_parameters(), skipping.named_parameters(), strict=True):
+        assert torch.equal(p1, p2), n
+    embed = skipping.get_input_embeddings().weight
+    assert not torch.equal(embed, base.get_input_embeddings().weight)  # weight decay moved it

@@ -481,3 +481,10 @@ def kl_cov(
 # The loop asks a loss for ``select_tokens``, the function that chooses its tokens over the batch.
 clip_cov.select_tokens = clip_cov_selection  # type: ignore[attr-defined]
 kl_cov.select_tokens = kl_cov_selection  # type: ignore[attr-defined]
+
+# Losses whose every token term is a multiple of its advantage: a token with A = 0 adds exactly 0
+# to the loss and to its gradient, so the loop may leave completions with A = 0 everywhere out of
+# the forward and backward passes (training.skip_zero_advantage). Not kimi (its square holds the
+# log-ratio) nor kl_cov (its penalty holds |log-ratio|, and a token with A = 0 may be chosen).
+for _loss in (ppo_clip, gspo, cispo, clip_cov):
+    _loss.vanishes_at_zero_advantage = True  # type: ignore[attr-defined]

@@ -161,6 +161,7 @@ class Trainer:
             temperature=c.rollout.temperature if c.rollout.temperature > 0 else 1.0,
             norm_length=c.algorithm.loss_norm_length or c.rollout.max_new_tokens,
             autocast_dtype=autocast_dtype(c.model),
+            skip_zero_advantage=c.training.skip_zero_advantage,
         )
         self.generator = torch.Generator().manual_seed(c.training.seed)
         self.step = 0

@@ -25,7 +25,13 @@ from rlvr.algorithms.kl import kl_loss
 from rlvr.algorithms.lm_loss import positive_lm_loss
 from rlvr.algorithms.losses import POLICY_LOSS_TENSOR_ARGS, POLICY_LOSSES
 from rlvr.distributed import all_reduce_max, all_reduce_sum, gather_objects, world_size
-from rlvr.training.batch import MicroBatch, RolloutBatch, aligned_micro_batches, global_row_positions
+from rlvr.training.batch import (
+    MicroBatch,
+    RolloutBatch,
+    aligned_micro_batches,
+    global_row_positions,
+    idle_micro_batch,
+)
 from rlvr.training.model import autocast_context
 from rlvr.training.parallel import clip_grad_norm
 
@@ -41,6 +47,8 @@ class UpdateSettings:
     """Dr. GRPO's constant for seq-mean-token-sum-norm (loss_norm_length or max_new_tokens)."""
     autocast_dtype: torch.dtype | None = None
     """Forward passes run under torch.autocast in this dtype (model.autocast); None: no autocast."""
+    skip_zero_advantage: bool = False
+    """Leave out completions that add nothing to the loss (:func:`rows_with_gradient`)."""
 
 
 def response_logits(model: Any, mb: MicroBatch, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -81,6 +89,30 @@ def compute_logprobs(
         lp = token_logprobs(logits, response_targets(mb), temperature=temperature)
         out[mb.rows, : mb.response_width] = lp.float()
     return out * batch.response_mask
+
+
+def rows_with_gradient(batch: RolloutBatch, rows: list[int], algorithm: AlgorithmConfig, loss_fn: Any) -> list[int]:
+    """The rows of ``rows`` that can add to the loss or its gradient, in the same order.
+
+    A completion whose advantage is 0 on every response token adds exactly 0 to the loss and to
+    its gradient when the policy loss is a multiple of the advantage (the loss function's
+    ``vanishes_at_zero_advantage``), no KL or entropy term is in the loss, and it is not in the
+    positive-example LM loss (``lm_coef > 0`` reads the correct completions). Such rows are left
+    out; every other case keeps all rows. The loss still divides by the counts of the whole
+    mini-batch, so the gradient is unchanged up to float summation order.
+    """
+    if (
+        not getattr(loss_fn, "vanishes_at_zero_advantage", False)
+        or algorithm.entropy_coef > 0
+        or (algorithm.kl_coef > 0 and algorithm.kl_placement == "loss")
+        or not rows
+    ):
+        return rows
+    index = torch.tensor(rows, dtype=torch.long)
+    moving = ((batch.extra["advantages"][index] != 0) & (batch.response_mask[index] > 0)).any(-1)
+    if algorithm.lm_coef > 0:
+        moving |= batch.correct[index].bool()
+    return [r for r, keep in zip(rows, moving.tolist(), strict=True) if keep]
 
 
 def _split(rows: torch.Tensor, parts: int) -> list[torch.Tensor]:
@@ -176,6 +208,7 @@ def policy_update(
     metrics = WeightedMetrics()
     grad_norms: list[float] = []
     skipped = updates = 0
+    rows_seen = rows_left_out = 0  # completions over all mini-batches, and those not computed
     policy_loss_sum = 0.0  # the mini-batches' policy losses, summed over micro-batches and mini-batches
     lm_loss_sum = 0.0  # the same for the positive-example NLL
     agg = dict(aggregation=algorithm.aggregation, norm_length=settings.norm_length)
@@ -219,7 +252,16 @@ def policy_update(
         )
         num_tokens, num_sequences, correct_tokens = counts.tolist()
         bad = torch.zeros((), dtype=torch.float64)
-        for mb in aligned_micro_batches(batch, row_list, settings.micro_batch_tokens):
+        computed = (
+            rows_with_gradient(batch, row_list, algorithm, loss_fn) if settings.skip_zero_advantage else row_list
+        )
+        rows_seen, rows_left_out = rows_seen + len(row_list), rows_left_out + len(row_list) - len(computed)
+        # With no row anywhere, one idle pass still gives every parameter its (zero) gradient, so
+        # that the optimizer step is the one the full mini-batch would take (AdamW's momentum moves).
+        passes = aligned_micro_batches(batch, computed, settings.micro_batch_tokens) or [
+            idle_micro_batch(batch.input_ids.device)
+        ]
+        for mb in passes:
             if mb.is_idle:  # no rows here: a forward and backward only to keep the ranks in step
                 (response_logits(model, mb, settings.autocast_dtype).sum() * 0.0).backward()
                 continue
@@ -316,4 +358,6 @@ def policy_update(
     result["optim/lr"] = scheduler.get_last_lr()[0]
     result["optim/updates"] = float(updates)
     result["optim/skipped_updates"] = float(skipped)
+    seen, left_out = all_reduce_sum(torch.tensor([rows_seen, rows_left_out], dtype=torch.float64)).tolist()
+    result["optim/zero_advantage_skipped"] = left_out / max(seen, 1.0)
     return result
