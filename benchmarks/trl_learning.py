@@ -322,7 +322,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads on both sides")
     p.add_argument(
-        "--jobs", type=int, default=1, help="runs at once (2 on 2 cores: rlvr and TRL side by side, 1 thread each)"
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once (2 on 2 cores: rlvr and TRL side by side, 1 thread each)",
     )
     p.add_argument("--recipe", type=Path, default=RECIPE)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "trl_learning")

@@ -5,7 +5,8 @@ import torch
 
 from rlvr.algorithms.aggregation import AGGREGATIONS
 from rlvr.algorithms.config import ALGORITHM_FIELDS, AlgorithmConfig, hyperparameters_for
-from rlvr.algorithms.losses import POLICY_LOSS_TENSOR_ARGS, POLICY_LOSSES, token_covariance
+from rlvr.algorithms.covariance import token_covariance
+from rlvr.algorithms.losses import POLICY_LOSS_TENSOR_ARGS, POLICY_LOSSES
 from rlvr.errors import ConfigError, ShapeError, UnknownNameError
 from rlvr.registry import hyperparameters
 

@@ -151,9 +151,13 @@ SKIPPABLE = {
     "seq-mean-token-mean": AlgorithmConfig(aggregation="seq-mean-token-mean"),
     "dr-grpo-norm": AlgorithmConfig(aggregation="seq-mean-token-sum-norm"),
     "dual-clip": AlgorithmConfig(clip_ratio_c=3.0),
-    "gspo": AlgorithmConfig(aggregation="seq-mean-token-mean", policy_loss="gspo", eps_low=3e-4, eps_high=4e-4),
+    "gspo": AlgorithmConfig(
+        aggregation="seq-mean-token-mean", policy_loss="gspo", eps_low=3e-4, eps_high=4e-4
+    ),
     "cispo": AlgorithmConfig(policy_loss="cispo", eps_high=0.28),
-    "clip_cov": AlgorithmConfig(policy_loss="clip_cov", clip_cov_ratio=0.2, clip_cov_lb=-10.0, clip_cov_ub=10.0),
+    "clip_cov": AlgorithmConfig(
+        policy_loss="clip_cov", clip_cov_ratio=0.2, clip_cov_lb=-10.0, clip_cov_ub=10.0
+    ),
     "kl-in-reward": AlgorithmConfig(kl_coef=0.1, kl_placement="reward"),
     "lm-loss": AlgorithmConfig(lm_coef=0.1),  # correct completions of an all-correct group stay in
 }
@@ -207,6 +211,7 @@ def test_a_mini_batch_with_nothing_to_learn_still_takes_its_optimizer_step():
     m_full = _run_adamw(full, batch, AlgorithmConfig(), skip=False)
     m_skip = _run_adamw(skipping, batch, AlgorithmConfig(), skip=True)
     assert m_skip["optim/zero_advantage_skipped"] == 1.0 and m_skip["optim/updates"] == 4.0
+    assert m_full["optim/zero_advantage_skipped"] == 0.0 and m_full["optim/updates"] == 4.0
     for (n, p1), (_, p2) in zip(full.named_parameters(), skipping.named_parameters(), strict=True):
         assert torch.equal(p1, p2), n
     embed = skipping.get_input_embeddings().weight

@@ -14,6 +14,9 @@ in the order of one process), so the choice is the same on 1 or N ranks and for 
 
 Tokens are ordered by (row position in the step, token index): ties of KL-Cov's ranking go to the
 earlier token, and Clip-Cov's uniform draw permutes that order with the step's shared generator.
+
+With ``all_ranks=False`` the same choice is made over the given tokens alone, with no collective:
+that is what a loss called on its own does (the authors' per-call choice).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import math
 import torch
 
 from rlvr.distributed import all_reduce_sum, gather_objects
+
+SELECTION_ARGS = ("positions", "all_ranks")
+"""Arguments of the selection functions, beyond a loss's tensors, that are not config hyperparameters."""
 
 ROW_STRIDE = 1 << 24
 """Token keys are row_position * ROW_STRIDE + token index (responses are far shorter than 2**24)."""
@@ -35,14 +41,29 @@ def selection_count(fraction: float, n_tokens: int) -> int:
     return max(1, math.floor(fraction * n_tokens))
 
 
-def _covariance(logprobs, advantages, keep) -> tuple[torch.Tensor, int]:
-    """Cov_t [B, T] centred with the means over every rank's tokens (0 off the mask), and N."""
+def token_covariance(
+    logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *, all_ranks: bool = False
+) -> torch.Tensor:
+    """Cov_t [B, T] in float64: (logprob_t - mean logprob) (A_t - mean A), 0 off the mask.
+
+    The means are over the response tokens of every rank (``all_ranks``) or of these tensors.
+    """
+    return _covariance(logprobs, advantages, mask.bool(), all_ranks)[0]
+
+
+def _covariance(logprobs, advantages, keep, all_ranks: bool) -> tuple[torch.Tensor, int]:
+    """Cov_t [B, T] (0 off the mask) and N, the number of response tokens the means are over."""
     m = keep.to(torch.float64)
     lp, adv = logprobs.detach().double() * m, advantages.detach().double() * m
-    sum_lp, sum_adv, n = all_reduce_sum(torch.stack([lp.sum(), adv.sum(), m.sum()])).tolist()
+    sums = torch.stack([lp.sum(), adv.sum(), m.sum()])
+    sum_lp, sum_adv, n = (all_reduce_sum(sums) if all_ranks else sums).tolist()
     n_tokens = int(round(n))
     cov = (lp - sum_lp / max(n, 1.0)) * (adv - sum_adv / max(n, 1.0)) * m
     return cov, n_tokens
+
+
+def _gather(obj: object, all_ranks: bool) -> list[object]:
+    return gather_objects(obj) if all_ranks else [obj]
 
 
 def _token_keys(positions: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -64,13 +85,15 @@ def kl_cov_selection(
     positions: torch.Tensor,
     generator: torch.Generator | None = None,
     kl_cov_ratio: float = 2e-3,
+    all_ranks: bool = True,
 ) -> torch.Tensor:
-    """The tokens [B, T] (bool) KL-Cov penalises: the k of largest Cov_t over all ranks."""
+    """The tokens [B, T] (bool) KL-Cov penalises: the k of largest Cov_t over all ranks (or, with
+    ``all_ranks=False``, over these tokens)."""
     keep = mask.bool().cpu()
-    cov, n_tokens = _covariance(logprobs.cpu(), advantages.cpu(), keep)
+    cov, n_tokens = _covariance(logprobs.cpu(), advantages.cpu(), keep, all_ranks)
     keys = _token_keys(positions.cpu(), tuple(keep.shape))
     mine = (cov[keep].tolist(), keys[keep].tolist())
-    scored = [(c, k) for part in gather_objects(mine) for c, k in zip(*part, strict=True)]  # type: ignore[misc]
+    scored = [(c, k) for part in _gather(mine, all_ranks) for c, k in zip(*part, strict=True)]  # type: ignore[misc]
     scored.sort(key=lambda ck: (-ck[0], ck[1]))
     chosen = {k for _, k in scored[: selection_count(kl_cov_ratio, n_tokens)]}
     return _mark(keys, chosen, tuple(keep.shape)).to(mask.device) & mask.bool()
@@ -89,17 +112,19 @@ def clip_cov_selection(
     clip_cov_ratio: float = 2e-4,
     clip_cov_lb: float = 1.0,
     clip_cov_ub: float = 5.0,
+    all_ranks: bool = True,
 ) -> torch.Tensor:
     """The tokens [B, T] (bool) Clip-Cov detaches: k drawn uniformly from the window's candidates of
-    all ranks, with ``generator`` (the same draws on every rank)."""
+    all ranks (or, with ``all_ranks=False``, of these tokens), with ``generator`` (the same draws
+    on every rank)."""
     keep = mask.bool().cpu()
     lp, old, adv = logprobs.detach().cpu(), old_logprobs.detach().cpu(), advantages.detach().cpu()
-    cov, n_tokens = _covariance(lp, adv, keep)
+    cov, n_tokens = _covariance(lp, adv, keep, all_ranks)
     ratio = torch.exp(torch.where(keep, lp - old, 0.0))
     clipped = ((adv > 0) & (ratio > 1.0 + eps_high)) | ((adv < 0) & (ratio < 1.0 - eps_low))
     candidates = keep & ~clipped & (cov >= clip_cov_lb) & (cov <= clip_cov_ub)
     keys = _token_keys(positions.cpu(), tuple(keep.shape))
-    everyone = sorted(k for part in gather_objects(keys[candidates].tolist()) for k in part)  # type: ignore[union-attr]
+    everyone = sorted(k for part in _gather(keys[candidates].tolist(), all_ranks) for k in part)  # type: ignore[union-attr]
     k = min(selection_count(clip_cov_ratio, n_tokens), len(everyone))
     device = generator.device if generator is not None else torch.device("cpu")
     order = torch.randperm(len(everyone), generator=generator, device=device).tolist()

@@ -32,7 +32,7 @@ import torch
 
 from rlvr.algorithms.aggregation import AGGREGATIONS, aggregate
 from rlvr.algorithms.checks import check_mask, check_same_shape, check_tensor
-from rlvr.algorithms.covariance import clip_cov_selection, kl_cov_selection, selection_count
+from rlvr.algorithms.covariance import clip_cov_selection, kl_cov_selection
 from rlvr.algorithms.outputs import LossOutput
 from rlvr.errors import ConfigError, ShapeError
 from rlvr.registry import Registry
@@ -334,18 +334,18 @@ def kimi(
 # --- Clip-Cov and KL-Cov ----------------------------------------------------------------------
 
 
-def token_covariance(logprobs: torch.Tensor, advantages: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Cov_t = (logprob_t - mean logprob) (A_t - mean A), means over response tokens; 0 on padding.
-
-    The centred product of Cui et al. 2025 (arXiv 2505.22617, sec. 4), computed on detached
-    log-probabilities over the tokens of this call (one micro-batch on one rank).
-    """
-    m = keep.to(logprobs.dtype)
-    n = m.sum().clamp(min=1.0)
-    lp = logprobs.detach()
-    centred_lp = lp - (lp * m).sum() / n
-    centred_adv = advantages - (advantages * m).sum() / n
-    return centred_lp * centred_adv * m
+def _per_call(lp, old, adv, keep, generator) -> dict:
+    """Arguments of the token choice of rlvr.algorithms.covariance over this call's tokens only."""
+    rows = torch.arange(keep.shape[0])
+    return dict(
+        logprobs=lp,
+        old_logprobs=old,
+        advantages=adv,
+        mask=keep,
+        positions=rows,
+        generator=generator,
+        all_ranks=False,
+    )
 
 
 @POLICY_LOSSES.register("clip_cov")
@@ -369,8 +369,9 @@ def clip_cov(
 ) -> LossOutput:
     """Clip-Cov: stop the gradient of a few random tokens whose covariance is in a window.
 
-    Cui et al. 2025 (arXiv 2505.22617, sec. 4, Clip-Cov). With Cov_t from
-    :func:`token_covariance`, the candidates are response tokens with
+    Cui et al. 2025 (arXiv 2505.22617, sec. 4, Clip-Cov). With
+    Cov_t = (logprob_t - mean logprob) (A_t - mean A) (:func:`rlvr.algorithms.covariance.token_covariance`,
+    means over the response tokens), the candidates are response tokens with
     clip_cov_lb <= Cov_t <= clip_cov_ub whose gradient the PPO clip has not already removed (as
     in the authors' code);
     k = max(1, floor(clip_cov_ratio * N)) of them (N response tokens of this call) are drawn
@@ -395,21 +396,17 @@ def clip_cov(
     _check_number("clip_cov_ub", clip_cov_ub, minimum=-math.inf)
     if clip_cov_ub < clip_cov_lb:
         raise ConfigError(f"clip_cov_ub ({clip_cov_ub}) must be >= clip_cov_lb ({clip_cov_lb})")
-    if token_selection is not None:
-        check_same_shape("logprobs", logprobs, token_selection=token_selection)
-        detached = token_selection.bool() & keep
-    else:
-        ratio = torch.exp(lp - old).detach()
-        _, low, high = _clipped_surrogate(ratio, adv, eps_low, eps_high)
-        cov = token_covariance(lp, adv, keep)
-        candidates = keep & ~low & ~high & (cov >= clip_cov_lb) & (cov <= clip_cov_ub)
-        flat = candidates.flatten().nonzero().squeeze(1)  # row-major order
-        k = min(selection_count(clip_cov_ratio, int(keep.sum())), flat.numel())
-        perm_device = generator.device if generator is not None else flat.device
-        order = torch.randperm(flat.numel(), generator=generator, device=perm_device).to(flat.device)
-        detached = torch.zeros(keep.numel(), dtype=torch.bool, device=keep.device)
-        detached[flat[order[:k]]] = True
-        detached = detached.view_as(keep)
+    if token_selection is None:
+        token_selection = clip_cov_selection(
+            **_per_call(lp, old, adv, keep, generator),
+            eps_low=eps_low,
+            eps_high=eps_high,
+            clip_cov_ratio=clip_cov_ratio,
+            clip_cov_lb=clip_cov_lb,
+            clip_cov_ub=clip_cov_ub,
+        )
+    check_same_shape("logprobs", logprobs, token_selection=token_selection)
+    detached = token_selection.bool() & keep
 
     lp_used = torch.where(detached, lp.detach(), lp)
     log_ratio = lp_used - old
@@ -440,8 +437,8 @@ def kl_cov(
     """KL-Cov: a KL penalty on the tokens with the largest covariance.
 
     Cui et al. 2025 (arXiv 2505.22617, sec. 4, KL-Cov). The k = max(1, floor(kl_cov_ratio * N))
-    response tokens with the largest Cov_t (:func:`token_covariance`; ties broken by
-    ``torch.topk``) get a penalty beta * KL(pi_old || pi_theta) on top of the importance-weighted
+    response tokens with the largest Cov_t (:func:`rlvr.algorithms.covariance.token_covariance`; a
+    tie goes to the earlier token in row-major order) get a penalty beta * KL(pi_old || pi_theta) on top of the importance-weighted
     surrogate -r A, which is not clipped (the paper writes KL-Cov on r_t A_t and the authors' code
     has no ratio clip: the penalty takes its place). The per-token KL is estimated, as in the
     authors' code, by |logprobs - old_logprobs|::
@@ -463,15 +460,12 @@ def kl_cov(
     _check_number("kl_cov_coef", kl_cov_coef, minimum=0.0)
     log_ratio = lp - old
     ratio = torch.exp(log_ratio)
-    if token_selection is not None:
-        check_same_shape("logprobs", logprobs, token_selection=token_selection)
-        penalised = token_selection.bool() & keep
-    else:
-        cov = token_covariance(lp, adv, keep).masked_fill(~keep, -math.inf)
-        k = selection_count(kl_cov_ratio, int(keep.sum()))
-        penalised = torch.zeros(keep.numel(), dtype=torch.bool, device=keep.device)
-        penalised[torch.topk(cov.flatten(), k).indices] = True
-        penalised = penalised.view_as(keep)
+    if token_selection is None:
+        token_selection = kl_cov_selection(
+            **_per_call(lp, old, adv, keep, generator), kl_cov_ratio=kl_cov_ratio
+        )
+    check_same_shape("logprobs", logprobs, token_selection=token_selection)
+    penalised = token_selection.bool() & keep
     values = -adv * ratio + kl_cov_coef * log_ratio.abs() * penalised.to(lp.dtype)
     metrics = _ratio_metrics(ratio, log_ratio, keep)
     metrics["policy/kl_cov_frac"] = _masked_mean(penalised.to(lp.dtype), keep)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from rlvr.algorithms.config import AlgorithmConfig, hyperparameters_for
+from rlvr.algorithms.covariance import SELECTION_ARGS
 from rlvr.algorithms.entropy import entropy_from_logits, entropy_loss, token_logprobs
 from rlvr.algorithms.kl import kl_loss
 from rlvr.algorithms.lm_loss import positive_lm_loss
@@ -91,7 +92,9 @@ def compute_logprobs(
     return out * batch.response_mask
 
 
-def rows_with_gradient(batch: RolloutBatch, rows: list[int], algorithm: AlgorithmConfig, loss_fn: Any) -> list[int]:
+def rows_with_gradient(
+    batch: RolloutBatch, rows: list[int], algorithm: AlgorithmConfig, loss_fn: Any
+) -> list[int]:
     """The rows of ``rows`` that can add to the loss or its gradient, in the same order.
 
     A completion whose advantage is 0 on every response token adds exactly 0 to the loss and to
@@ -215,7 +218,7 @@ def policy_update(
 
     select_tokens = getattr(loss_fn, "select_tokens", None)  # Clip-Cov, KL-Cov: over the whole mini-batch
     if select_tokens is not None:
-        select_hp = hyperparameters_for(select_tokens, algorithm, (*POLICY_LOSS_TENSOR_ARGS, "positions"))
+        select_hp = hyperparameters_for(select_tokens, algorithm, (*POLICY_LOSS_TENSOR_ARGS, *SELECTION_ARGS))
         positions = torch.tensor(global_row_positions(batch.row_keys)[0], dtype=torch.long)
 
     model.train()
@@ -253,7 +256,9 @@ def policy_update(
         num_tokens, num_sequences, correct_tokens = counts.tolist()
         bad = torch.zeros((), dtype=torch.float64)
         computed = (
-            rows_with_gradient(batch, row_list, algorithm, loss_fn) if settings.skip_zero_advantage else row_list
+            rows_with_gradient(batch, row_list, algorithm, loss_fn)
+            if settings.skip_zero_advantage
+            else row_list
         )
         rows_seen, rows_left_out = rows_seen + len(row_list), rows_left_out + len(row_list) - len(computed)
         # With no row anywhere, one idle pass still gives every parameter its (zero) gradient, so
