@@ -23,25 +23,30 @@ def _batch(seed=0):
     return batch
 
 
-def _run(model, batch, algorithm, micro_batch_tokens, updates_per_step=1):
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+def _update(model, optimizer, batch, algorithm, **settings):
+    """One policy_update with a constant learning rate; ``settings`` override the defaults below."""
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    settings = UpdateSettings(
-        ppo_epochs=1,
-        updates_per_step=updates_per_step,
-        micro_batch_tokens=micro_batch_tokens,
-        max_grad_norm=0.0,
-        temperature=1.0,
-        norm_length=12,
-    )
+    defaults = dict(ppo_epochs=1, updates_per_step=1, max_grad_norm=0.0, temperature=1.0, norm_length=12)
     return policy_update(
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
         batch=batch,
         algorithm=algorithm,
-        settings=settings,
+        settings=UpdateSettings(**{**defaults, **settings}),
         generator=torch.Generator().manual_seed(0),
+    )
+
+
+def _run(model, batch, algorithm, micro_batch_tokens, updates_per_step=1):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    return _update(
+        model,
+        optimizer,
+        batch,
+        algorithm,
+        micro_batch_tokens=micro_batch_tokens,
+        updates_per_step=updates_per_step,
     )
 
 
@@ -125,24 +130,16 @@ def _batch_with_equal_groups(rewards):
 
 def _run_adamw(model, batch, algorithm, skip, updates_per_step=2):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    settings = UpdateSettings(
+    return _update(
+        model,
+        optimizer,
+        batch,
+        algorithm,
         ppo_epochs=2,
         updates_per_step=updates_per_step,
         micro_batch_tokens=40,
         max_grad_norm=1.0,
-        temperature=1.0,
-        norm_length=12,
         skip_zero_advantage=skip,
-    )
-    return policy_update(
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        batch=batch,
-        algorithm=algorithm,
-        settings=settings,
-        generator=torch.Generator().manual_seed(0),
     )
 
 
