@@ -16,9 +16,9 @@ reward; at time 0, then after the first step that ends ``--eval-every`` seconds 
 previous evaluation, and at the end.
 
 Writes ``curves.json`` (every evaluation of every run), ``accuracy.png`` (accuracy against training
-seconds) and ``summary.md`` (the table, with the issue's target: rlvr reaches the accuracy TRL has at the end of
-the budget within a third of it, and ends higher; see :func:`summarise` for the two readings) into
-``--out``::
+seconds) and ``summary.md`` (the table, with the issue's target: rlvr reaches the accuracy TRL has
+at the end of the budget within a third of it, and ends higher; see :func:`summarise` for the two
+readings) into ``--out``::
 
     python benchmarks/trl_learning.py --minutes 10 --lrs 2.5e-4 5e-4 1e-3 [--append-results]
 """

@@ -71,9 +71,9 @@ def _token_keys(positions: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor
     return positions.long().view(rows, 1) * ROW_STRIDE + torch.arange(width).view(1, width)
 
 
-def _mark(keys: torch.Tensor, chosen: set[int], shape: tuple[int, ...]) -> torch.Tensor:
-    flat = torch.tensor([int(k) in chosen for k in keys.flatten().tolist()], dtype=torch.bool)
-    return flat.view(shape)
+def _mark(keys: torch.Tensor, chosen: set[int]) -> torch.Tensor:
+    """Where ``keys`` is one of ``chosen`` (same shape as ``keys``)."""
+    return torch.isin(keys, torch.tensor(sorted(chosen), dtype=keys.dtype))
 
 
 def kl_cov_selection(
@@ -92,11 +92,18 @@ def kl_cov_selection(
     keep = mask.bool().cpu()
     cov, n_tokens = _covariance(logprobs.cpu(), advantages.cpu(), keep, all_ranks)
     keys = _token_keys(positions.cpu(), tuple(keep.shape))
-    mine = (cov[keep].tolist(), keys[keep].tolist())
-    scored = [(c, k) for part in _gather(mine, all_ranks) for c, k in zip(*part, strict=True)]  # type: ignore[misc]
+    k = selection_count(kl_cov_ratio, n_tokens)
+    # The k largest over all ranks are among each rank's own k largest: only those are gathered.
+    # Order: Cov_t descending, then key ascending (keys are distinct, so the order is total).
+    own_cov, own_keys = cov[keep], keys[keep]
+    by_key = torch.argsort(own_keys, stable=True)
+    own_cov, own_keys = own_cov[by_key], own_keys[by_key]
+    top = torch.argsort(-own_cov, stable=True)[:k]
+    mine = (own_cov[top].tolist(), own_keys[top].tolist())
+    scored = [(c, key) for part in _gather(mine, all_ranks) for c, key in zip(*part, strict=True)]  # type: ignore[misc]
     scored.sort(key=lambda ck: (-ck[0], ck[1]))
-    chosen = {k for _, k in scored[: selection_count(kl_cov_ratio, n_tokens)]}
-    return _mark(keys, chosen, tuple(keep.shape)).to(mask.device) & mask.bool()
+    chosen = {key for _, key in scored[:k]}
+    return _mark(keys, chosen).to(mask.device) & mask.bool()
 
 
 def clip_cov_selection(
@@ -129,4 +136,4 @@ def clip_cov_selection(
     device = generator.device if generator is not None else torch.device("cpu")
     order = torch.randperm(len(everyone), generator=generator, device=device).tolist()
     chosen = {everyone[i] for i in order[:k]}
-    return _mark(keys, chosen, tuple(keep.shape)).to(mask.device) & mask.bool()
+    return _mark(keys, chosen).to(mask.device) & mask.bool()

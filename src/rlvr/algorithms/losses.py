@@ -370,8 +370,8 @@ def clip_cov(
     """Clip-Cov: stop the gradient of a few random tokens whose covariance is in a window.
 
     Cui et al. 2025 (arXiv 2505.22617, sec. 4, Clip-Cov). With
-    Cov_t = (logprob_t - mean logprob) (A_t - mean A) (:func:`rlvr.algorithms.covariance.token_covariance`,
-    means over the response tokens), the candidates are response tokens with
+    Cov_t = (logprob_t - mean logprob) (A_t - mean A), means over the response tokens
+    (:func:`rlvr.algorithms.covariance.token_covariance`), the candidates are response tokens with
     clip_cov_lb <= Cov_t <= clip_cov_ub whose gradient the PPO clip has not already removed (as
     in the authors' code);
     k = max(1, floor(clip_cov_ratio * N)) of them (N response tokens of this call) are drawn
@@ -438,9 +438,9 @@ def kl_cov(
 
     Cui et al. 2025 (arXiv 2505.22617, sec. 4, KL-Cov). The k = max(1, floor(kl_cov_ratio * N))
     response tokens with the largest Cov_t (:func:`rlvr.algorithms.covariance.token_covariance`; a
-    tie goes to the earlier token in row-major order) get a penalty beta * KL(pi_old || pi_theta) on top of the importance-weighted
-    surrogate -r A, which is not clipped (the paper writes KL-Cov on r_t A_t and the authors' code
-    has no ratio clip: the penalty takes its place). The per-token KL is estimated, as in the
+    tie goes to the earlier token in row-major order) get a penalty beta * KL(pi_old || pi_theta) on
+    top of the importance-weighted surrogate -r A, which is not clipped (the paper writes KL-Cov on
+    r_t A_t and the authors' code has no ratio clip: the penalty takes its place). The per-token KL is estimated, as in the
     authors' code, by |logprobs - old_logprobs|::
 
         l_t = -r_t A_t + kl_cov_coef * |logprobs_t - old_logprobs_t| * [t in top-k]
