@@ -270,7 +270,6 @@ def summarise(runs: list[dict[str, Any]], budget: float) -> tuple[str, dict[str,
         "rlvr_seconds_to_trl_final": reach_end,
         "rlvr_seconds_to_trl_best": reach_best,
         "rlvr_best_final": rlvr_final,
-        "trl_best_final": at_end,
         "target_met": reach_end is not None and reach_end <= budget / 3 and ends_higher,
         "strict_target_met": reach_best is not None and reach_best <= budget / 3 and ends_higher,
     }

@@ -14,9 +14,10 @@ from rlvr.training.update import UpdateSettings, compute_logprobs, policy_update
 VOCAB = 40
 
 
-def _batch(seed=0):
+def _batch(seed=0, rewards=None):
     comps = random_completions(VOCAB, num_prompts=4, n=4, seed=seed)
-    rewards = [float((i * 7) % 3 == 0) for i in range(len(comps))]
+    if rewards is None:
+        rewards = [float((i * 7) % 3 == 0) for i in range(len(comps))]
     batch = make_batch(comps, rewards, [r > 0 for r in rewards], [i // 4 for i in range(16)], pad_id=0)
     adv = ADVANTAGES.get("grpo")(rewards=batch.rewards, mask=batch.response_mask, group_ids=batch.group_ids)
     batch.extra["advantages"] = adv.advantages
@@ -120,10 +121,7 @@ def test_updates_per_step_makes_that_many_optimizer_steps():
 
 def _batch_with_equal_groups(rewards):
     """Four groups of four; ``rewards`` has 16 entries, so a group with equal rewards has A = 0."""
-    comps = random_completions(VOCAB, num_prompts=4, n=4, seed=3)
-    batch = make_batch(comps, rewards, [r > 0 for r in rewards], [i // 4 for i in range(16)], pad_id=0)
-    adv = ADVANTAGES.get("grpo")(rewards=batch.rewards, mask=batch.response_mask, group_ids=batch.group_ids)
-    batch.extra["advantages"] = adv.advantages
+    batch = _batch(seed=3, rewards=rewards)
     batch.extra["ref_logprobs"] = batch.old_logprobs - 0.1 * batch.response_mask
     return batch
 
