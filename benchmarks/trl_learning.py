@@ -8,8 +8,13 @@ through the adapter of ``trl_step.py``, whose ``trl_arguments`` maps every setti
 cannot express; see that file for the mapping and what is made equal). Each run uses one learning
 rate of the sweep ``--lrs`` and trains for ``--minutes`` of training time in its own process.
 
+``--rlvr-set KEY=VALUE ...`` adds settings to the rlvr side only, for engine options TRL has no
+counterpart of: ``rollout.generate_ahead=true`` generates the next step's completions in a thread
+while the update runs (two cores for rlvr's run: use ``--jobs 1``).
+
 Training time is wall-clock time spent in training steps (rlvr: ``Trainer.train_step``; TRL: its
-``Trainer.train`` loop), with evaluation excluded: the clock stops while the model is evaluated. Both
+``Trainer.train`` loop), with evaluation excluded: the clock stops while the model is evaluated
+(after a round generated ahead has finished, on the clock). Both
 sides are evaluated by the same code: greedy decoding with ``model.generate`` (stop string
 ``</answer>``, the recipe's budget of new tokens) on the 200 held-out problems, scored by the task's
 reward; at time 0, then after the first step that ends ``--eval-every`` seconds or more after the
@@ -21,6 +26,7 @@ at the end of the budget within a third of it, and ends higher; see :func:`summa
 readings) into ``--out``::
 
     python benchmarks/trl_learning.py --minutes 10 --lrs 2.5e-4 5e-4 1e-3 [--append-results]
+    python benchmarks/trl_learning.py --minutes 10 --lrs 1e-4 --jobs 1 --rlvr-set rollout.generate_ahead=true
 """
 
 from __future__ import annotations
@@ -122,10 +128,16 @@ class Clock:
     def done(self) -> bool:
         return self.seconds() >= self.budget
 
-    def maybe_evaluate(self, step: int, evaluate: Any, model: Any, force: bool = False) -> None:
-        now = self.seconds()
-        if not (force or now - self.last_eval >= self.every or now >= self.budget):
+    def maybe_evaluate(
+        self, step: int, evaluate: Any, model: Any, force: bool = False, settle: Any = None
+    ) -> None:
+        """Evaluate when due; ``settle`` first finishes, on the clock, work still running in the
+        background (rlvr's round generated ahead), so that none of it is done while the clock stops."""
+        if not (force or self.seconds() - self.last_eval >= self.every or self.seconds() >= self.budget):
             return
+        if settle is not None:
+            settle()
+        now = self.seconds()
         t0 = time.perf_counter()
         accuracy = evaluate(model)
         spent = time.perf_counter() - t0
@@ -142,8 +154,13 @@ def child_rlvr(args: argparse.Namespace) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        config = rlvr_config(args.recipe, [*overrides(args.lr), f"logging.output_dir={tmp}"])
+        config = rlvr_config(args.recipe, [*overrides(args.lr), *args.rlvr_set, f"logging.output_dir={tmp}"])
         trainer = Trainer(config, log=lambda *a, **k: None)
+
+        def settle() -> None:
+            if trainer.ahead is not None and trainer.ahead.pending is not None:
+                trainer.ahead.pending[1].result()
+
         evaluate = GreedyAccuracy(config, trainer.task, trainer.tokenizer)
         setup = time.perf_counter() - t0
         clock = Clock(args.minutes * 60, args.eval_every)
@@ -152,7 +169,7 @@ def child_rlvr(args: argparse.Namespace) -> dict[str, Any]:
         while not clock.done():
             trainer.train_step(step)
             step += 1
-            clock.maybe_evaluate(step, evaluate, trainer.model)
+            clock.maybe_evaluate(step, evaluate, trainer.model, settle=settle)
     return {"curve": clock.curve, "steps": step, "setup_seconds": setup, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -326,6 +343,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="runs at once (2 on 2 cores: rlvr and TRL side by side, 1 thread each)",
     )
+    p.add_argument(
+        "--rlvr-set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings for the rlvr side only, with no TRL counterpart (rollout.generate_ahead=true)",
+    )
     p.add_argument("--recipe", type=Path, default=RECIPE)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "trl_learning")
     p.add_argument("--append-results", action="store_true", help="append the table to benchmarks/RESULTS.md")
@@ -361,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
         child = [
             "--child", library, "--lr", str(lr), "--minutes", str(args.minutes),
             "--eval-every", str(args.eval_every), "--recipe", str(args.recipe),
+            *(["--rlvr-set", *args.rlvr_set] if args.rlvr_set else []),
         ]  # fmt: skip
         result = run_child(Path(__file__), child, args.threads, timeout=budget * 3 + 600)
         return {"library": library, "lr": lr, **result}
@@ -372,6 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     title = (
         f"toy model, arithmetic; {Path(args.recipe).name}; {args.threads} thread(s); "
         f"TRL {trl_version}; {args.minutes:g} min per run"
+        + (f"; rlvr with {' '.join(args.rlvr_set)}" if args.rlvr_set else "")
     )
     plot(runs, args.out / "accuracy.png", title)
     if len(set(r["library"] for r in runs)) == 2:
@@ -390,7 +416,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.append_results and verdict:
         command = (
             f"`python benchmarks/trl_learning.py --minutes {args.minutes:g} --lrs {' '.join(f'{lr:g}' for lr in lrs)} "
-            f"--threads {args.threads} --jobs {args.jobs}`"
+            f"--threads {args.threads} --jobs {args.jobs}"
+            + (f" --rlvr-set {' '.join(args.rlvr_set)}`" if args.rlvr_set else "`")
         )
         append_to_section(SECTION, f"Learning speed, {command} ({title}; {os.cpu_count()} cores):\n\n{table}")
 

@@ -98,6 +98,10 @@ class RolloutConfig:
     """Keep the k most likely tokens (0 disables)."""
     max_batch_sequences: int = 512
     """Most sequences decoded at once by the built-in engine."""
+    generate_ahead: bool = False
+    """Generate the next step's completions in a background thread, with a copy of the weights, while
+    this step's update runs: the batch is one update off-policy; one more copy of the weights in memory
+    (float32 only)."""
 
 
 @dataclass
@@ -418,6 +422,21 @@ def validate_config(config: Config) -> None:
             TEMPLATES.get(config.task.template)
         except Exception as e:
             raise ConfigError(f"setting 'task.template': {e}") from None
+    if r.generate_ahead:
+        half = {
+            "model.dtype": config.model.dtype if config.model.dtype in ("bfloat16", "float16") else None,
+            "model.autocast": config.model.autocast if config.model.autocast != "none" else None,
+            "parallel.mixed_precision": config.parallel.mixed_precision
+            if config.parallel.mixed_precision != "none"
+            else None,
+        }
+        for key, value in half.items():
+            if value is not None:
+                raise ConfigError(
+                    f"setting 'rollout.generate_ahead' needs float32 compute, but {key} is {value}: the old "
+                    "logprobs must be those of the weights that sampled, and in half precision they are "
+                    "recomputed with the current ones"
+                )
     validate_eval_settings(config.eval)
     validate_algorithm_config(config.algorithm)
     _validate_critic(config.critic)

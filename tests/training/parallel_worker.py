@@ -6,6 +6,8 @@
         and the metrics to OUT/<preset>.pt
     [torchrun ...] parallel_worker.py filtered OUT STRATEGY
         one dynamic-sampling step in which every group of rank 1 is filtered out
+    [torchrun ...] parallel_worker.py ahead OUT STRATEGY
+        three steps with rollout.generate_ahead; what the generating copy held after each
 
 SPLIT ``alternate`` gives rank r the groups at positions r, r + N, ...; ``first`` gives them all to
 rank 0, so that the other ranks learn from nothing and only take part in the collectives.
@@ -116,6 +118,31 @@ def filtered_step(out: str, strategy: str) -> None:
         torch.save({"weights": weights, "metrics": metrics}, f"{out}/filtered.pt")
 
 
+def generate_ahead_steps(out: str, strategy: str) -> None:
+    """Three steps generating ahead: before step t's update the generating copy must hold the full
+    weights after step t - 1 (gathered from the shards under fsdp2)."""
+    overrides = [
+        *settings("grpo", strategy, f"{out}/run-ahead"),
+        "rollout.generate_ahead=true",
+        "training.steps=3",
+    ]
+    config = load_config(None, overrides)
+    trainer = Trainer(config, log=lambda s: None)
+    report = []
+    for step in range(3):
+        before = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True))
+        metrics = trainer.train_step(step)
+        copy = trainer.ahead.model.state_dict()
+        report.append(
+            {
+                "pending": trainer.ahead.pending[0] if trainer.ahead.pending else None,
+                "copy_differs": max((copy[k] - before[k]).abs().max().item() for k in before),
+                "accuracy": metrics["reward/accuracy"],
+            }
+        )
+    torch.save(report, f"{out}/ahead-rank{rank()}.pt")
+
+
 def main(argv: list[str]) -> None:
     command, *args = argv
     init_from_environment(timeout_s=120, use_cuda=False)
@@ -129,6 +156,8 @@ def main(argv: list[str]) -> None:
             learn(args[0], args[1], args[2], args[3], args[4:])
         elif command == "filtered":
             filtered_step(*args)
+        elif command == "ahead":
+            generate_ahead_steps(*args)
         else:
             raise SystemExit(f"unknown command {command}")
     finally:

@@ -196,6 +196,17 @@ def test_dynamic_sampling_refills_when_every_group_of_one_rank_is_filtered(tmp_p
     assert metrics["time/generate_spread"] >= 1.0
 
 
+@pytest.mark.slow
+def test_generate_ahead_copies_the_gathered_weights_under_fsdp2(tmp_path):
+    _run(_torchrun(str(WORKER), "ahead", str(tmp_path), "fsdp2"), timeout=300)
+    reports = [torch.load(tmp_path / f"ahead-rank{r}.pt") for r in range(2)]
+    for report in reports:
+        assert [s["pending"] for s in report] == [1, 2, None]  # training.steps is 3 here
+        # The round of step t + 1 was generated from the weights with which step t began.
+        assert all(s["copy_differs"] == 0.0 for s in report[:2]), report
+    assert [s["accuracy"] for s in reports[0]] == [s["accuracy"] for s in reports[1]]  # reduced over ranks
+
+
 def _initial_weights() -> dict[str, torch.Tensor]:
     from transformers import AutoModelForCausalLM
 

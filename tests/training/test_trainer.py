@@ -64,9 +64,11 @@ def test_short_run_writes_metrics_tensorboard_samples_checkpoints_and_final_mode
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("generate_ahead", [False, True])
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, generate_ahead):
     common = [
         *TINY,
+        f"rollout.generate_ahead={str(generate_ahead).lower()}",
         "training.steps=4",
         "checkpoint.every=2",
         "logging.tensorboard=false",

@@ -62,6 +62,18 @@ class ScoredGroup:
 
 
 @dataclass
+class GeneratedRound:
+    """One round of a step, generated and not yet scored: the prompts drawn (all ranks'), which of
+    them are this rank's (``positions`` into ``indices``), its completions, and the seconds it took."""
+
+    step: int
+    indices: list[int]
+    positions: list[int]
+    completions: list[Completion]
+    seconds: float
+
+
+@dataclass
 class StepRollouts:
     groups: list[ScoredGroup]
     metrics: dict[str, float] = field(default_factory=dict)
@@ -89,27 +101,55 @@ class RolloutCollector:
         self.prompts_per_step, self.max_rounds, self.algorithm = prompts_per_step, max_rounds, algorithm
         self.reward_filters, _ = filter_stages(algorithm.filters)
 
-    def collect(self, step: int) -> StepRollouts:
-        n, world, me = self.sampling.n, world_size(), rank()
+    def draw(self, step: int) -> list[int]:
+        """The prompts of one round of ``step``, drawn by the sampler (the same on every rank)."""
+        return self.sampler.sample(self.prompts_per_step, step)
+
+    def generate(self, engine: Any, step: int, round_: int, indices: list[int]) -> GeneratedRound:
+        """This rank's share of the drawn prompts ``indices``, ``n`` completions each, from ``engine``.
+
+        The seed depends only on the step, the round and the rank, so a round generated ahead in
+        another thread samples what it would have sampled in the step itself, given the same weights.
+        Runs no collective.
+        """
+        world, me = world_size(), rank()
+        positions = list(range(me, len(indices), world))  # this rank's share of the draw
+        mine = [indices[j] for j in positions]
+        t0 = time.perf_counter()
+        seed = self.sampling.seed + 7919 * step + round_ + 104729 * me
+        completions = engine.generate(
+            [self.prompt_ids[i] for i in mine], dataclasses.replace(self.sampling, seed=seed)
+        )
+        return GeneratedRound(step, indices, positions, completions, time.perf_counter() - t0)
+
+    def collect(self, step: int, first_round: GeneratedRound | None = None) -> StepRollouts:
+        """Draw, generate, score and filter rounds until ``prompts_per_step`` groups are kept.
+
+        ``first_round``: the first round, already drawn and generated (see
+        :mod:`rlvr.training.generate_ahead`); later rounds, if any, are generated here.
+        """
+        n = self.sampling.n
         kept: list[ScoredGroup] = []
         metrics: dict[str, float] = {}
         timings = {"time/generate": 0.0, "time/reward": 0.0}
         drawn = rounds = kept_everywhere = 0
         while kept_everywhere < self.prompts_per_step and rounds < self.max_rounds:
             rounds += 1
-            indices = self.sampler.sample(self.prompts_per_step, step)  # the same on every rank
-            positions = list(range(me, len(indices), world))  # this rank's share of the draw
+            if rounds == 1 and first_round is not None:
+                if first_round.step != step:
+                    raise RuntimeError(
+                        f"the round generated ahead is step {first_round.step}'s, not {step}'s"
+                    )
+                generated = first_round
+            else:
+                generated = self.generate(self.engine, step, rounds, self.draw(step))
+            indices, positions, completions = generated.indices, generated.positions, generated.completions
             mine = [indices[j] for j in positions]
-            t0 = time.perf_counter()
-            seed = self.sampling.seed + 7919 * step + rounds + 104729 * me
-            completions = self.engine.generate(
-                [self.prompt_ids[i] for i in mine], dataclasses.replace(self.sampling, seed=seed)
-            )
             t1 = time.perf_counter()
             result, correct = score_completions(
                 self.reward, completions, [self.problems[i] for i in mine], n, self.sampling.max_new_tokens
             )
-            timings["time/generate"] += t1 - t0
+            timings["time/generate"] += generated.seconds
             timings["time/reward"] += time.perf_counter() - t1
             outcomes = result.outcomes or ["correct" if c else "wrong" for c in correct]
             if rounds == 1:  # the metrics of the first round describe the policy's samples unfiltered

@@ -40,6 +40,7 @@ from rlvr.rollout.hf_engine import HFEngine
 from rlvr.rollout.types import SamplingParams
 from rlvr.training.batch import RolloutBatch, global_row_positions, make_batch
 from rlvr.training.critic import Critic, value_metrics
+from rlvr.training.generate_ahead import GenerateAhead
 from rlvr.training.model import (
     ReferenceModel,
     autocast_dtype,
@@ -118,6 +119,17 @@ class Trainer:
         self.best_model = (
             BestModel(self.out, c.eval.best_metric, c.eval.best_mode) if c.eval.best_metric else None
         )
+        self.ahead: GenerateAhead | None = None
+        if c.rollout.generate_ahead:  # a plain copy of the policy, taken before it is sharded or wrapped
+            dtype = next(self.model.parameters()).dtype
+            if dtype != torch.float32:
+                raise ConfigError(
+                    f"setting 'rollout.generate_ahead' needs float32 compute: model.dtype '{c.model.dtype}' "
+                    f"loads {dtype} weights on {self.device}"
+                )
+            self.ahead = GenerateAhead(
+                self.model, self.tokenizer, max_batch_sequences=c.rollout.max_batch_sequences
+            )
         self.reference = ReferenceModel(self.model) if needs_reference_model(c.algorithm) else None
         if self.reference is not None and not self.reference.shares_policy:
             self.parallel.prepare(self.reference.model)  # sharded too, with no optimizer state
@@ -171,8 +183,14 @@ class Trainer:
 
     def train_step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
+        first_round = self.ahead.take(step) if self.ahead is not None else None  # generated during step - 1
+        waited = time.perf_counter() - t0
         with self.parallel.gathered(self.model):  # prompts -> completions -> rewards -> group filters
-            rollouts = self.collector.collect(step)
+            rollouts = self.collector.collect(step, first_round)
+        if self.ahead is not None:
+            if step + 1 < self.config.training.steps:  # the next step's first round, from these weights
+                self.ahead.start(step + 1, self.model, self.collector)
+            rollouts.timings["time/generate_wait"] = waited
         return self.learn(rollouts, start_time=t0)
 
     def learn(self, rollouts: StepRollouts, *, start_time: float | None = None) -> dict[str, float]:
@@ -416,6 +434,7 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "generator": self.generator.get_state(),
             "critic_pretrained": self.critic_pretrained,
+            "generated_ahead": self.ahead.state_dict() if self.ahead is not None else None,
         }
 
     def load_trainer_state(self, state: dict[str, Any]) -> None:
@@ -423,6 +442,8 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.generator.set_state(state["generator"])
         self.critic_pretrained = bool(state.get("critic_pretrained", self.critic_pretrained))
+        if self.ahead is not None:  # without a round in flight, the next step generates its own
+            self.ahead.load_state_dict(state.get("generated_ahead"))
 
     def _critic_parts(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Checkpointed beside the policy: the critic's weights and optimizer, and its schedule."""
