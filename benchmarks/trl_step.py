@@ -40,7 +40,14 @@ the longest; TRL keeps in its loss the pad token that follows a stop string; the
 1e-6 in rlvr, 1e-4 in TRL; TRL's step time leaves out fetching the next prompts from its data
 loader; peak RSS includes what each side imports (TRL also loads datasets, pandas, accelerate).
 
+``--rlvr-set KEY=VALUE ...`` adds settings to the rlvr side only, for engine options TRL has no
+counterpart of. With ``rollout.generate_ahead=true`` rlvr generates the next step's completions in a
+second thread while the update runs (so it uses two cores at ``--threads 1``); its step time is
+then the wall time of ``train_step``, waiting for that thread included, and "of which generation"
+is the thread's time, which overlaps the update.
+
     python benchmarks/trl_step.py --threads 1 2 [--append-results]
+    python benchmarks/trl_step.py --threads 1 --rlvr-set rollout.generate_ahead=true
 """
 
 from __future__ import annotations
@@ -306,7 +313,9 @@ def child_rlvr(args: argparse.Namespace) -> dict[str, Any]:
     from rlvr.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = rlvr_config(args.recipe, [*step_overrides(args), f"logging.output_dir={tmp}"])
+        config = rlvr_config(
+            args.recipe, [*step_overrides(args), *args.rlvr_set, f"logging.output_dir={tmp}"]
+        )
         trainer = Trainer(config, log=lambda *a, **k: None)
         rss_start = rss_mb()
         steps = []
@@ -405,7 +414,7 @@ def compare(args: argparse.Namespace, threads: int) -> dict[str, dict[str, Any]]
     child_args = [
         "--recipe", str(args.recipe), "--prompts", str(args.prompts), "--group", str(args.group),
         "--max-new-tokens", str(args.max_new_tokens), "--warmup", str(args.warmup), "--steps", str(args.steps),
-    ] + (["--lr", str(args.lr)] if args.lr else [])  # fmt: skip
+    ] + (["--lr", str(args.lr)] if args.lr else []) + (["--rlvr-set", *args.rlvr_set] if args.rlvr_set else [])  # fmt: skip
     runs: dict[str, list[dict[str, Any]]] = {"rlvr": [], "trl": []}
     for round_ in range(args.rounds):
         for side in ("rlvr", "trl") if round_ % 2 == 0 else ("trl", "rlvr"):
@@ -449,6 +458,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="steps run before timing")
     p.add_argument("--steps", type=int, default=5, help="timed steps per run")
     p.add_argument("--rounds", type=int, default=1, help="runs per side, alternating which side goes first")
+    p.add_argument(
+        "--rlvr-set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings for the rlvr side only, with no TRL counterpart (rollout.generate_ahead=true)",
+    )
     p.add_argument("--recipe", type=Path, default=RECIPE)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--append-results", action="store_true", help=f"append the table to {RESULTS.name}")
@@ -500,7 +516,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         entry = (
             f"`python benchmarks/trl_step.py --threads {' '.join(map(str, args.threads))} --steps {args.steps} "
-            f"--rounds {args.rounds}`: {args.prompts} prompts x {args.group}, <= {args.max_new_tokens} new "
+            f"--rounds {args.rounds}{' --rlvr-set ' + ' '.join(args.rlvr_set) if args.rlvr_set else ''}`: "
+            f"{args.prompts} prompts x {args.group}, <= {args.max_new_tokens} new "
             f"tokens, lr {lr:g}; {versions}; toy model sha256 {provenance(args.recipe)['toy_model_sha256'][:12]}; "
             f"{platform.machine()}, {os.cpu_count()} cores, load average {load[0]:.1f} at the end.\n\n"
             + table(results)

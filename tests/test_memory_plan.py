@@ -318,6 +318,20 @@ def test_reference_row_only_when_the_algorithm_needs_a_reference():
     assert lora.phase("update").get("reference model") == 0  # the policy with its adapter off
 
 
+def test_generate_ahead_adds_a_whole_float32_copy_and_a_generation_beside_the_update():
+    shape = load_model_shape("toy")
+    plain = plan_memory(
+        _config("model.dtype=float32", "parallel.strategy=fsdp2"), shape, nproc=2, device="cuda"
+    )
+    config = _config("model.dtype=float32", "rollout.generate_ahead=true", "parallel.strategy=fsdp2")
+    ahead = plan_memory(config, shape, nproc=2, device="cuda")
+    for phase in ("rollout", "update", "optimizer step"):  # never sharded, whatever the strategy
+        assert ahead.phase(phase).get("generating copy") == TOY_PARAMETERS * 4
+    kv = plain.phase("rollout").get("KV cache")
+    assert kv > 0 and ahead.phase("update").get("KV cache") == kv
+    assert plain.phase("update").get("KV cache") == 0
+
+
 def test_lora_trains_only_the_adapter():
     shape = load_model_shape("toy")
     full = plan_memory(_config("model.dtype=bfloat16"), shape, device="cuda")

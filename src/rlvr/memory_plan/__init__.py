@@ -10,6 +10,9 @@ does not overlap, each a sum of rows; the run needs the largest (the peak)::
     optimizer step  weights + gradients + optimizer state + AdamW's temporaries
     critic update   (gae, vapo) the policy at rest + the critic's gradients and activations
 
+With ``rollout.generate_ahead`` a whole float32 copy of the policy is at rest in every phase, and
+its KV cache and scratch join the update and the optimizer step, which run while it generates.
+
 **Bytes per parameter** (ZeRO, Rajbhandari et al. 2019, arXiv 1910.02054 sec. 3.1, counts 16 for
 mixed-precision Adam: 2 + 2 for fp16 weights and gradients, 4 + 4 + 4 for the fp32 master weights,
 momentum and variance). rlvr keeps no separate master copy: torch's AdamW keeps its two states in

@@ -237,11 +237,23 @@ def plan_memory(
         at_rest.append(MemoryRow(f"reference model{of_n}", reference))
     if critic is not None:
         at_rest.append(MemoryRow(f"critic weights + AdamW state{of_n}", critic.weights + critic.optimizer))
+    generating: list[MemoryRow] = []  # rollout.generate_ahead: a generation runs beside the update
+    if config.rollout.generate_ahead:
+        at_rest.append(
+            MemoryRow("generating copy (generate_ahead, float32, whole)", (shape.total_parameters + lora) * 4)
+        )
+        generating = [
+            MemoryRow(f"{row.label}, generated ahead", row.bytes)
+            for row in _rollout_rows(shape, layout, work, policy, lora)
+            if row.label.startswith(("KV cache", "prefill"))
+        ]
     grads = MemoryRow(f"policy gradients{of_n}", policy.gradients)
     phases = [
         Phase("rollout", tuple(at_rest + _rollout_rows(shape, layout, work, policy, lora))),
-        Phase("update", tuple(at_rest + _update_rows(config, shape, layout, work, policy, grads))),
-        Phase("optimizer step", tuple(at_rest + _step_rows(shape, layout, device, grads, lora))),
+        Phase(
+            "update", tuple(at_rest + _update_rows(config, shape, layout, work, policy, grads) + generating)
+        ),
+        Phase("optimizer step", tuple(at_rest + _step_rows(shape, layout, device, grads, lora) + generating)),
     ]
     if critic is not None:
         rows = [*at_rest]
