@@ -3,9 +3,11 @@
 Both engines sample ``samples`` completions for each of ``prompts`` arithmetic-task prompts
 (``"17+25="``, ...) at temperature 1 with no truncation (top-p 1, top-k off), with the same
 ``max_new_tokens``. Throughput counts generated tokens up to and including the end-of-sequence
-token; padding after it is not counted. Each case runs in a fresh process in which the two
-engines alternate run by run (A B, B A, ...), so that both see the same machine load; the peak
-resident memory of an engine is sampled while its runs are in progress.
+token; padding after it is not counted. ``HFEngine`` runs twice: with its default decoder (rlvr's
+Llama-family decode loop for these Qwen2 models) and with ``decoder="transformers"`` (the model's own
+forward). Each case runs in a fresh process in which the engines alternate run by run (A B C,
+C B A, ...), so that all see the same machine load; the peak resident memory of an engine is
+sampled while its runs are in progress.
 
 Models:
 
@@ -46,7 +48,7 @@ from results_file import RESULTS, append_to_section
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Rollout engine throughput"
-ENGINES = ("hf_engine", "model.generate")
+ENGINES = ("hf_engine", "hf_engine, transformers decoder", "model.generate")
 
 
 @dataclass(frozen=True)
@@ -142,13 +144,18 @@ def worker(case: Case, threads: int) -> dict:
     eos = tokenizer.eos_token_id
     questions = [p.question for p in arithmetic_task(num_train=case.prompts, num_test=0, seed=0).train]
     prompt_ids = [tokenizer(q)["input_ids"] for q in questions]
-    hf_engine = HFEngine(model, tokenizer, max_batch_sequences=case.prompts * case.samples)
+    hf_engines = {
+        "hf_engine": HFEngine(model, tokenizer, max_batch_sequences=case.prompts * case.samples),
+        "hf_engine, transformers decoder": HFEngine(
+            model, tokenizer, max_batch_sequences=case.prompts * case.samples, decoder="transformers"
+        ),
+    }
 
     def run(engine: str, prompts: list[list[int]], samples: int, max_new_tokens: int, seed: int) -> list[int]:
         """Lengths of the completions, end-of-sequence token included."""
-        if engine == "hf_engine":
+        if engine in hf_engines:
             params = SamplingParams(n=samples, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
-            return [len(c.token_ids) for c in hf_engine.generate(prompts, params)]
+            return [len(c.token_ids) for c in hf_engines[engine].generate(prompts, params)]
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[eos] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
@@ -167,7 +174,7 @@ def worker(case: Case, threads: int) -> dict:
     for engine in ENGINES:
         run(engine, prompt_ids[:2], 2, 4, seed=12345)  # warm-up
     for r in range(case.repeats):
-        for engine in ENGINES if r % 2 == 0 else ENGINES[::-1]:
+        for engine in ENGINES if r % 2 == 0 else ENGINES[::-1]:  # A B C, C B A, ...
             with PeakRSS() as rss:
                 start = time.perf_counter()
                 lengths = run(engine, prompt_ids, case.samples, case.max_new_tokens, seed=r)

@@ -98,6 +98,10 @@ class RolloutConfig:
     """Keep the k most likely tokens (0 disables)."""
     max_batch_sequences: int = 512
     """Most sequences decoded at once by the built-in engine."""
+    decoder: Literal["auto", "transformers"] = "auto"
+    """Forward passes of the built-in engine: auto runs Llama, Qwen2 and Qwen3 models through rlvr's
+    own layer loop over a preallocated KV cache (same numbers, less overhead per token) and other
+    models through their transformers forward; transformers always uses the latter."""
     generate_ahead: bool = False
     """Generate the next step's completions in a background thread, with a copy of the weights, while
     this step's update runs: the batch is one update off-policy; one more copy of the weights in memory

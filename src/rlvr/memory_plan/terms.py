@@ -131,7 +131,8 @@ def logits_bytes(
 
 def kv_cache_bytes(shape: ModelShape, sequences: int, length: int, dtype_bytes: int) -> int:
     """``2 L A S kv_heads head_dim`` elements (keys and values of every layer), plus one layer more:
-    transformers' DynamicCache grows a layer by concatenation, old and new alive for a moment.
+    rlvr's Llama-family decoder preallocates the full length and compacts rows through a one-layer
+    scratch; transformers' DynamicCache grows a layer by concatenation, old and new alive for a moment.
 
     Example: 4 layers, 8 sequences of 100 tokens, 2 kv heads of 32, bfloat16:
     2 x (4 + 1) x 8 x 100 x 64 x 2 = 1,024,000 bytes.

@@ -9,6 +9,9 @@ Faster than ``model.generate`` for RL sampling because it does less work:
 * prompts are sorted by length before batching, so left padding stays small, and a batch without
   padding runs with no attention mask at all;
 * the prefill computes logits for the last position only;
+* Llama, Qwen2 and Qwen3 models decode through a layer loop of rlvr's own over a KV cache held in
+  preallocated tensors (:mod:`rlvr.rollout.decoders`), which skips the per-call overhead of a
+  transformers forward (mask building, cache objects, attention dispatch);
 * sampled tokens and logprobs stay in preallocated tensors during decoding and become Python
   lists once at the end.
 
@@ -27,9 +30,9 @@ from numbers import Integral
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from rlvr.errors import ConfigError, DataError
+from rlvr.rollout.decoders import DecoderChoice, make_decoder
 from rlvr.rollout.sampling import check_sampling_values, sample_next_token
 from rlvr.rollout.types import Completion, SamplingParams
 
@@ -87,6 +90,10 @@ class HFEngine:
     of ``max(1, max_batch_sequences // n)`` prompts (the ``n`` samples of one prompt are never
     split, so a chunk holds at least ``n`` sequences). Greedy results do not depend on the chunking;
     sampled results are reproducible for the same seed, prompts and ``max_batch_sequences``.
+
+    ``decoder`` chooses the forward passes (:mod:`rlvr.rollout.decoders`): ``"auto"`` runs Llama,
+    Qwen2 and Qwen3 models through rlvr's own layer loop over a preallocated KV cache and every
+    other model through its transformers forward; ``"transformers"`` always uses the latter.
     """
 
     def __init__(
@@ -96,9 +103,13 @@ class HFEngine:
         *,
         max_batch_sequences: int = 512,
         autocast_dtype: torch.dtype | None = None,
+        decoder: DecoderChoice = "auto",
     ) -> None:
         if not isinstance(max_batch_sequences, int) or max_batch_sequences < 1:
             raise ConfigError(f"max_batch_sequences must be an integer >= 1, got {max_batch_sequences!r}")
+        if decoder not in ("auto", "transformers"):
+            raise ConfigError(f"decoder must be 'auto' or 'transformers', got {decoder!r}")
+        self.decoder = decoder
         self.model = model
         self.autocast_dtype = autocast_dtype  # forward passes under torch.autocast; logits sampled in float32
         self.tokenizer = tokenizer
@@ -193,21 +204,12 @@ class HFEngine:
         else:
             positions = torch.arange(width, device=device).expand(len(prompts), width)
 
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = out.past_key_values
-        logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)  # [A, V]
-        cache.batch_repeat_interleave(n)
-        next_position = positions[:, -1:].repeat_interleave(n, dim=0) + 1  # [A, 1]
-        if attention is not None:
-            attention = attention.repeat_interleave(n, dim=0)
+        decoder = make_decoder(self.model, self.decoder)
+        logits = (
+            decoder.prefill(input_ids, attention, positions).float().repeat_interleave(n, dim=0)
+        )  # [A, V]
+        decoder.repeat(n, room=budget)
+        next_position = positions[:, -1].repeat_interleave(n, dim=0) + 1  # [A]
 
         total = len(prompts) * n
         active = torch.arange(total, device=device)  # [A]: the completion each active row is
@@ -247,21 +249,9 @@ class HFEngine:
                 break
             if any_done:  # drop the finished rows from the batch and the KV cache
                 keep = torch.nonzero(~done).flatten()
-                cache.batch_select_indices(keep)
+                decoder.keep(keep)
                 active, token, next_position = active[keep], token[keep], next_position[keep]
-                if attention is not None:
-                    attention = attention[keep]
-            if attention is not None:
-                attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
-            out = self.model(
-                input_ids=token[:, None],
-                attention_mask=attention,
-                position_ids=next_position,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            cache = out.past_key_values
-            logits = out.logits[:, -1, :].float()
+            logits = decoder.step(token, next_position).float()
             next_position = next_position + 1
 
         token_lists, logprob_lists = token_ids.tolist(), logprobs.tolist()

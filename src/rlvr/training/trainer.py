@@ -114,6 +114,7 @@ class Trainer:
             self.tokenizer,
             max_batch_sequences=c.rollout.max_batch_sequences,
             autocast_dtype=autocast_dtype(c.model),
+            decoder=c.rollout.decoder,
         )
         self.evaluator = TrainingEvaluator(c, self.task)
         self.best_model = (
@@ -128,7 +129,10 @@ class Trainer:
                     f"loads {dtype} weights on {self.device}"
                 )
             self.ahead = GenerateAhead(
-                self.model, self.tokenizer, max_batch_sequences=c.rollout.max_batch_sequences
+                self.model,
+                self.tokenizer,
+                max_batch_sequences=c.rollout.max_batch_sequences,
+                decoder=c.rollout.decoder,
             )
         self.reference = ReferenceModel(self.model) if needs_reference_model(c.algorithm) else None
         if self.reference is not None and not self.reference.shares_policy:
