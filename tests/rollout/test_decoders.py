@@ -47,14 +47,6 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(family: str, seed: int = 0):
     torch.manual_seed(seed)
     return FAMILIES[family]().float().eval()

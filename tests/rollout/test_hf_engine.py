@@ -47,15 +47,6 @@ def tiny_model(seed: int = 0, eos_bias: float = 0.0, **config) -> Qwen2ForCausal
     return model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; more only contend for the cores of a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model() -> Qwen2ForCausalLM:
     return tiny_model(eos_bias=3.0)
