@@ -31,6 +31,7 @@ from transformers import DynamicCache
 from rlvr.errors import ConfigError
 
 DecoderChoice = Literal["auto", "transformers"]
+DECODER_CHOICES = ("auto", "transformers")
 LLAMA_FAMILY = ("llama", "qwen2", "qwen3")
 _RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 _SILU = ("SiLU", "SiLUActivation")
@@ -81,9 +82,8 @@ def llama_family_unsupported(model: Any) -> str | None:
         return "some layers use sliding-window attention"
     if getattr(config, "use_sliding_window", False):
         return "use_sliding_window is set"
-    for names, module in ((_RMS_NORMS, inner.norm),):
-        if type(module).__name__ not in names:
-            return f"model.norm is a {type(module).__name__}, not an RMSNorm of this family"
+    if type(inner.norm).__name__ not in _RMS_NORMS:
+        return f"model.norm is a {type(inner.norm).__name__}, not an RMSNorm of this family"
     for i, layer in enumerate(inner.layers):
         attn = getattr(layer, "self_attn", None)
         if not all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim")):
@@ -102,12 +102,17 @@ def llama_family_unsupported(model: Any) -> str | None:
     return None
 
 
+def check_decoder_choice(choice: Any) -> None:
+    """Raise :class:`ConfigError` unless ``choice`` is one of :data:`DECODER_CHOICES`."""
+    if choice not in DECODER_CHOICES:
+        raise ConfigError(f"decoder must be 'auto' or 'transformers', got {choice!r}")
+
+
 def make_decoder(model: Any, choice: DecoderChoice = "auto") -> Decoder:
     """The decoder ``choice`` names for ``model`` (``"auto"``: the Llama-family one where it applies)."""
+    check_decoder_choice(choice)
     if choice == "transformers":
         return TransformersDecoder(model)
-    if choice != "auto":
-        raise ConfigError(f"decoder must be 'auto' or 'transformers', got {choice!r}")
     return TransformersDecoder(model) if llama_family_unsupported(model) else LlamaFamilyDecoder(model)
 
 
@@ -226,15 +231,14 @@ class LlamaFamilyDecoder:
         self.values: list[torch.Tensor] = []
         self.key_mask: torch.Tensor | None = None  # [A, capacity or length] bool
         self.length = 0
-        self.rows = 0
         self._buffers: list[torch.Tensor] = []  # keys then values of every layer, [rows, ...]
         self._scratch: dict[torch.dtype, torch.Tensor] = {}  # under autocast keys are float32, values not
 
     def prefill(
         self, input_ids: torch.Tensor, attention: torch.Tensor | None, positions: torch.Tensor
     ) -> torch.Tensor:
-        rows, width = input_ids.shape
-        self.keys, self.values, self.length, self.rows = [], [], 0, rows
+        width = input_ids.shape[1]
+        self.keys, self.values, self.length = [], [], 0
         self._buffers, self._scratch = [], {}
         mask: torch.Tensor | None = None
         self.key_mask = None
@@ -247,29 +251,29 @@ class LlamaFamilyDecoder:
             )
         return self._forward(input_ids, positions, mask, causal=attention is None)
 
+    @property
+    def rows(self) -> int:
+        """Rows of the cache: the sequences being decoded."""
+        return self.keys[0].shape[0]
+
     def repeat(self, n: int, room: int) -> None:
         self._allocate(self.rows * n, self.length + room, lambda t: t.repeat_interleave(n, dim=0))
 
     def keep(self, rows: torch.Tensor) -> None:
+        if not self._buffers:  # before repeat: the prefill's cache moves into buffers first
+            self._allocate(self.rows, self.length, lambda t: t)
         count, length = len(rows), self.length
-        if not self._buffers:  # before repeat: the prefill's own tensors
-            self.keys = [k.index_select(0, rows) for k in self.keys]
-            self.values = [v.index_select(0, rows) for v in self.values]
-        else:
-            caches = self.keys + self.values
-            for i, (cache, buffer) in enumerate(zip(caches, self._buffers, strict=True)):
-                heads, dim = cache.shape[1], cache.shape[3]
-                moved = self._scratch[cache.dtype][: count * heads * length * dim].view(
-                    count, heads, length, dim
-                )
-                torch.index_select(cache[:, :, :length], 0, rows, out=moved)
-                buffer[:count, :, :length] = moved
-                caches[i] = buffer[:count]
-            half = len(caches) // 2
-            self.keys, self.values = caches[:half], caches[half:]
+        caches = self.keys + self.values
+        for i, (cache, buffer) in enumerate(zip(caches, self._buffers, strict=True)):
+            heads, dim = cache.shape[1], cache.shape[3]
+            moved = self._scratch[cache.dtype][: count * heads * length * dim].view(count, heads, length, dim)
+            torch.index_select(cache[:, :, :length], 0, rows, out=moved)
+            buffer[:count, :, :length] = moved
+            caches[i] = buffer[:count]
+        half = len(caches) // 2
+        self.keys, self.values = caches[:half], caches[half:]
         if self.key_mask is not None:
             self.key_mask = self.key_mask.index_select(0, rows)
-        self.rows = count
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         if not self._buffers or self.length + 1 > self.keys[0].shape[2]:
@@ -297,7 +301,6 @@ class LlamaFamilyDecoder:
             mask = self.key_mask.new_ones((rows, capacity))
             mask[:, :length] = spread(self.key_mask[:, :length])
             self.key_mask = mask
-        self.rows = rows
 
     @torch.no_grad()
     def _forward(

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from rlvr.errors import ConfigError, DataError
-from rlvr.rollout.decoders import DecoderChoice, make_decoder
+from rlvr.rollout.decoders import DecoderChoice, check_decoder_choice, make_decoder
 from rlvr.rollout.sampling import check_sampling_values, sample_next_token
 from rlvr.rollout.types import Completion, SamplingParams
 
@@ -107,8 +107,7 @@ class HFEngine:
     ) -> None:
         if not isinstance(max_batch_sequences, int) or max_batch_sequences < 1:
             raise ConfigError(f"max_batch_sequences must be an integer >= 1, got {max_batch_sequences!r}")
-        if decoder not in ("auto", "transformers"):
-            raise ConfigError(f"decoder must be 'auto' or 'transformers', got {decoder!r}")
+        check_decoder_choice(decoder)
         self.decoder = decoder
         self.model = model
         self.autocast_dtype = autocast_dtype  # forward passes under torch.autocast; logits sampled in float32
