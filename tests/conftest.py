@@ -11,8 +11,11 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed_and_one_thread() -> None:
+    """Every test starts seeded and on one thread, whatever an earlier test set (a trainer or an
+    evaluation sets ``torch.set_num_threads`` from its config)."""
     torch.manual_seed(0)
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -37,15 +37,6 @@ from rlvr.training.checkpoint import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids thread-synchronisation costs that dominate on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(vocab_size: int, *, tie: bool = True, hidden: int = 32) -> Qwen2Config:
     return Qwen2Config(
         vocab_size=vocab_size,

@@ -27,14 +27,6 @@ from rlvr.training.update import minibatch_schedule
 VOCAB = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _toy(tmp_path, preset: str, *extra: str):
     """A run config on the shipped toy model with a tiny budget."""
     return load_config(
