@@ -210,3 +210,19 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_docstring_examples():
     assert doctest.testmod(value_module, extraglobs={"torch": torch}).failed == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_clipfrac_counts_no_token_inside_the_clip_window(dtype):
+    # Values far inside the window (|V - V_old| <= 20 against a clip of 100): V_old + (V - V_old)
+    # rounds away from V for some of them, and where that makes the clipped term larger by one
+    # rounding step it must still not count as clipped.
+    g = torch.Generator().manual_seed(0)
+    old = (torch.rand(64, 256, generator=g, dtype=F64) * 2 - 1).to(dtype)
+    values = (torch.rand(64, 256, generator=g, dtype=F64) * 20 - 10).to(dtype)
+    returns = (torch.randn(64, 256, generator=g, dtype=F64) * 3).to(dtype)
+    rounded = old + (values - old).clamp(-100.0, 100.0)
+    assert ((rounded - returns).square() > (values - returns).square()).any()  # the hazard is present
+    mask = torch.ones(64, 256, dtype=torch.bool)
+    out = value_loss_fn(values=values, old_values=old, returns=returns, mask=mask, value_clip=100.0)
+    assert out.metrics["value/clipfrac"].item() == 0.0

@@ -63,10 +63,14 @@ def clipped_value_loss(
         raise ShapeError("value_loss 'clipped' needs old_values, the critic's values at rollout time")
     if not value_clip > 0:
         raise ConfigError(f"value_clip must be positive for value_loss 'clipped', got {value_clip!r}")
-    clipped_values = old_values + (values - old_values).clamp(-value_clip, value_clip)
+    change = values - old_values
+    clipped_values = old_values + change.clamp(-value_clip, value_clip)
     unclipped_loss = (values - returns).square()
     clipped_loss = (clipped_values - returns).square()
-    return 0.5 * torch.maximum(unclipped_loss, clipped_loss), clipped_loss > unclipped_loss
+    # Inside the window old + (v - old) can miss v by a rounding step, so the clipped term may
+    # "win" by that step: a token counts as clipped only when its change leaves the window.
+    clipped = (change.abs() > value_clip) & (clipped_loss > unclipped_loss)
+    return 0.5 * torch.maximum(unclipped_loss, clipped_loss), clipped
 
 
 @VALUE_LOSSES.register("mse")
@@ -98,9 +102,9 @@ def value_loss_fn(
     advantage estimator, ``mask`` [B, T] the response tokens. Padding values never matter, not even
     inf or nan. ``returns`` and ``old_values`` are targets: no gradient flows into them.
 
-    Metrics (detached, 0-D): ``value/loss``; ``value/clipfrac`` (fraction of response tokens where
-    the clipped term wins), ``value/mean`` and ``value/return_mean``: means over this call's
-    response tokens (like the policy losses' metrics). The loss runs no collective (it is called
+    Metrics (detached, 0-D): ``value/loss``; ``value/clipfrac`` (fraction of response tokens whose
+    change ``V - V_old`` leaves the clip window and whose clipped term wins), ``value/mean`` and
+    ``value/return_mean``: means over this call's response tokens (like the policy losses' metrics). The loss runs no collective (it is called
     once per micro-batch, whose number differs between ranks): the batch's explained variance is
     :func:`explained_variance`, which sums over ranks.
     """
