@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from rlvr.config import Config, describe, field_docs, format_config, load_config
+from rlvr.config import Config, describe, field_docs, format_config, load_config, validate_config
 from rlvr.errors import ConfigError
 
 
@@ -73,3 +73,61 @@ def test_shipped_recipes_load():
     for path in ("recipes/quickstart.yaml", "recipes/qwen2.5-math-1.5b-dapo.yaml"):
         config = load_config(path)
         assert dataclasses.is_dataclass(config)
+
+
+def _numeric_keys(cls=Config, prefix=""):
+    """Every dotted key of a numeric (int, float, optional or tuple of them) field of the config."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _numeric_keys(tp, f"{prefix}{f.name}.")
+            continue
+        args = set(typing.get_args(tp)) - {type(None)} or {tp}
+        if args & {int, float} and bool not in args:
+            yield f"{prefix}{f.name}"
+
+
+@pytest.mark.parametrize("key", sorted(_numeric_keys()))
+def test_every_numeric_setting_has_its_range_checked_at_load(key):
+    # NaN is out of every range: each numeric key, wherever it lives, must be refused by name.
+    section, name = key.split(".")
+    value = getattr(getattr(Config(), section), name)
+    nan = [float("nan")] * len(value) if isinstance(value, tuple) else float("nan")
+    config = Config()
+    changed = dataclasses.replace(getattr(config, section), **{name: nan})  # AlgorithmConfig is frozen
+    config = dataclasses.replace(config, **{section: changed})
+
+    with pytest.raises(ConfigError, match=rf"{section}\.{name}"):
+        validate_config(config)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["rollout.samples_per_prompt=1"],
+            r"'rollout\.samples_per_prompt' is 1: algorithm\.advantage 'grpo'",
+        ),
+        (["preset=rloo", "rollout.samples_per_prompt=1"], r"samples_per_prompt.*'rloo'"),
+        (["preset=dapo", "rollout.samples_per_prompt=1"], r"rollout\.samples_per_prompt"),
+        (["checkpoint.keep_last=0"], r"setting 'checkpoint\.keep_last' must be >= 1, got 0"),
+        (["checkpoint.every=-1"], r"setting 'checkpoint\.every' must be >= 0, got -1"),
+        (["algorithm.eps_low=1.5"], r"algorithm\.eps_low must be in \[0\.0, 1\.0\], got 1\.5"),
+        (["optim.betas=[0.9,1.5]"], r"setting 'optim\.betas' must be in \[0, 1\)"),
+        (["optim.min_lr_ratio=2"], r"setting 'optim\.min_lr_ratio' must be in \[0, 1\]"),
+        (["logging.log_every=0"], r"setting 'logging\.log_every' must be >= 1"),
+        (["rollout.top_k=-1"], r"setting 'rollout\.top_k' must be >= 0"),
+        (["optim.lr=0"], r"setting 'optim\.lr' must be positive"),
+        (["training.cpu_threads=0"], r"setting 'training\.cpu_threads' must be >= 1"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_at_load(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_one_sample_per_prompt_is_fine_without_a_group_baseline():
+    load_config(None, ["preset=reinforce_pp", "rollout.samples_per_prompt=1", "training.updates_per_step=1"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,35 +385,125 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return config
 
 
-def _positive(value: float | int, key: str) -> None:
-    if value <= 0:
-        raise ConfigError(f"setting '{key}' must be positive, got {value}")
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting accepts: ``low <= v <= high``, each bound open or closed, finite.
+
+    ``None`` passes where the field's type allows it (``int | None``): None means "off" or "derived".
+    """
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            if self.low == 0 and self.low_open:
+                return "positive"
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return (
+            f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        )
+
+
+POSITIVE = Range(0, low_open=True)
+AT_LEAST_0 = Range(0)
+AT_LEAST_1 = Range(1)
+FRACTION = Range(0, 1)
+"""[0, 1]."""
+
+SETTING_RANGES: dict[str, Range] = {
+    "model.lora_rank": AT_LEAST_0,
+    "model.lora_alpha": POSITIVE,
+    "model.lora_dropout": Range(0, 1, high_open=True),
+    "rollout.prompts_per_step": AT_LEAST_1,
+    "rollout.samples_per_prompt": AT_LEAST_1,
+    "rollout.max_new_tokens": AT_LEAST_1,
+    "rollout.max_prompt_tokens": AT_LEAST_1,
+    "rollout.temperature": AT_LEAST_0,
+    "rollout.top_p": Range(0, 1, low_open=True),
+    "rollout.top_k": AT_LEAST_0,
+    "rollout.max_batch_sequences": AT_LEAST_1,
+    "optim.lr": POSITIVE,
+    "optim.weight_decay": AT_LEAST_0,
+    "optim.betas": Range(0, 1, high_open=True),
+    "optim.eps": POSITIVE,
+    "optim.warmup_steps": AT_LEAST_0,
+    "optim.min_lr_ratio": FRACTION,
+    "optim.max_grad_norm": AT_LEAST_0,
+    "critic.lr": POSITIVE,
+    "critic.warmup_steps": AT_LEAST_0,
+    "critic.max_grad_norm": AT_LEAST_0,
+    "critic.updates_per_step": AT_LEAST_1,
+    "critic.pretrain_steps": AT_LEAST_0,
+    "critic.lora_rank": AT_LEAST_0,
+    "training.steps": AT_LEAST_1,
+    "training.ppo_epochs": AT_LEAST_1,
+    "training.updates_per_step": AT_LEAST_1,
+    "training.micro_batch_tokens": AT_LEAST_1,
+    "training.max_sampling_rounds": AT_LEAST_1,
+    "training.seed": AT_LEAST_0,
+    "training.cpu_threads": AT_LEAST_1,
+    "eval.every": AT_LEAST_0,
+    "eval.num_problems": AT_LEAST_1,
+    "eval.samples_per_problem": AT_LEAST_1,
+    "eval.temperature": AT_LEAST_0,
+    "eval.max_new_tokens": AT_LEAST_1,
+    "checkpoint.every": AT_LEAST_0,
+    "checkpoint.keep_last": AT_LEAST_1,
+    "logging.log_every": AT_LEAST_1,
+    "logging.sample_every": AT_LEAST_0,
+    "parallel.timeout_s": POSITIVE,
+}
+"""The range of every numeric setting outside ``algorithm.*`` (whose ranges
+:func:`rlvr.algorithms.validation.validate_algorithm_config` checks). A tuple's range applies to each
+element. A test checks that every numeric field of the config has an entry."""
+
+
+def check_setting_range(key: str, value: Any, allowed: Range) -> None:
+    """ConfigError naming ``key`` unless ``value`` (a number, a tuple of numbers, or None) is in range."""
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+        if item is None:
+            continue
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not allowed.admits(float(item)):
+            raise ConfigError(f"setting '{key}' must be {allowed}, got {value!r}")
+
+
+def check_ranges(config: Any, ranges: dict[str, Range]) -> None:
+    """Check each dotted key of ``ranges`` on ``config`` (see :data:`SETTING_RANGES`)."""
+    for key, allowed in ranges.items():
+        node = config
+        for part in key.split("."):
+            node = getattr(node, part)
+        check_setting_range(key, node, allowed)
 
 
 def validate_config(config: Config) -> None:
-    """Checks that need more than one field or a registry; raises ConfigError naming the key."""
-    from rlvr.algorithms.validation import validate_algorithm_config
+    """Every numeric setting in its range, and the checks that need more than one field or a registry;
+    raises ConfigError naming the key."""
+    from rlvr.algorithms.validation import GROUP_RELATIVE_ESTIMATORS, validate_algorithm_config
 
-    r, t, o = config.rollout, config.training, config.optim
-    for key, value in (
-        ("rollout.prompts_per_step", r.prompts_per_step),
-        ("rollout.samples_per_prompt", r.samples_per_prompt),
-        ("rollout.max_new_tokens", r.max_new_tokens),
-        ("rollout.max_prompt_tokens", r.max_prompt_tokens),
-        ("rollout.max_batch_sequences", r.max_batch_sequences),
-        ("training.steps", t.steps),
-        ("training.ppo_epochs", t.ppo_epochs),
-        ("training.updates_per_step", t.updates_per_step),
-        ("training.micro_batch_tokens", t.micro_batch_tokens),
-        ("training.max_sampling_rounds", t.max_sampling_rounds),
-        ("training.cpu_threads", t.cpu_threads if t.cpu_threads is not None else 1),
-        ("optim.lr", o.lr),
-    ):
-        _positive(value, key)
-    if r.temperature < 0:
-        raise ConfigError(f"setting 'rollout.temperature' must be >= 0, got {r.temperature}")
-    if not 0 < r.top_p <= 1:
-        raise ConfigError(f"setting 'rollout.top_p' must be in (0, 1], got {r.top_p}")
+    check_ranges(config, SETTING_RANGES)
+    r, t = config.rollout, config.training
+    if r.samples_per_prompt < 2 and config.algorithm.advantage in GROUP_RELATIVE_ESTIMATORS:
+        raise ConfigError(
+            f"setting 'rollout.samples_per_prompt' is {r.samples_per_prompt}: algorithm.advantage "
+            f"'{config.algorithm.advantage}' compares the completions of a prompt with each other, so one "
+            "completion per prompt has zero advantage and trains nothing; sample 2 or more (R1 uses 16)"
+        )
+    if r.samples_per_prompt < 2 and "dynamic_sampling" in config.algorithm.filters:
+        raise ConfigError(
+            "setting 'rollout.samples_per_prompt' is 1: algorithm.filters 'dynamic_sampling' drops every "
+            "group of one completion (its rewards are all equal); sample 2 or more"
+        )
     completions = r.prompts_per_step * r.samples_per_prompt
     if completions % t.updates_per_step:
         raise ConfigError(
@@ -453,7 +544,6 @@ def validate_config(config: Config) -> None:
 
 
 def _validate_parallel(p: ParallelConfig) -> None:
-    _positive(p.timeout_s, "parallel.timeout_s")
     if p.strategy != "fsdp2":
         for key, value, default in (
             ("parallel.mixed_precision", p.mixed_precision, "none"),
@@ -466,15 +556,8 @@ def _validate_parallel(p: ParallelConfig) -> None:
 
 
 def validate_eval_settings(e: EvalConfig) -> None:
-    """The eval section: counts positive, benchmarks known, template known, best_metric an eval metric."""
-    if e.every < 0:
-        raise ConfigError(f"setting 'eval.every' must be >= 0, got {e.every}")
-    for key, value in (("eval.num_problems", e.num_problems), ("eval.max_new_tokens", e.max_new_tokens)):
-        if value is not None:
-            _positive(value, key)
-    _positive(e.samples_per_problem, "eval.samples_per_problem")
-    if e.temperature < 0:
-        raise ConfigError(f"setting 'eval.temperature' must be >= 0, got {e.temperature}")
+    """The eval section: benchmarks known, template known, best_metric an eval metric (its numbers are
+    checked with the others, :data:`SETTING_RANGES`)."""
     if not e.benchmarks:
         raise ConfigError("setting 'eval.benchmarks' is empty; use [task] for the task's held-out split")
     from rlvr.evaluation.sets import check_benchmark_name
@@ -496,17 +579,6 @@ def validate_eval_settings(e: EvalConfig) -> None:
 
 
 def _validate_critic(c: CriticConfig) -> None:
-    _positive(c.lr, "critic.lr")
-    for key, value in (
-        ("critic.warmup_steps", c.warmup_steps),
-        ("critic.max_grad_norm", c.max_grad_norm),
-        ("critic.pretrain_steps", c.pretrain_steps),
-        ("critic.lora_rank", c.lora_rank),
-    ):
-        if value < 0:
-            raise ConfigError(f"setting '{key}' must be >= 0, got {value}")
-    if c.updates_per_step is not None:
-        _positive(c.updates_per_step, "critic.updates_per_step")
     if c.path is not None and not c.path.strip():
         raise ConfigError("setting 'critic.path' is empty; leave it unset to start from model.path")
 

@@ -63,7 +63,8 @@ def test_unknown_names_name_the_key_and_the_nearest_valid_name(changes, message)
 @pytest.mark.parametrize(
     "changes,message",
     [
-        ({"eps_low": -0.1}, "algorithm.eps_low must be >= 0.0"),
+        ({"eps_low": -0.1}, r"algorithm.eps_low must be in \[0.0, 1.0\]"),
+        ({"eps_low": 1.5}, r"algorithm.eps_low must be in \[0.0, 1.0\]"),
         ({"eps_high": float("nan")}, "algorithm.eps_high must be a finite number"),
         ({"lam": 1.5}, r"algorithm.lam must be in \[0.0, 1.0\]"),
         ({"gamma": -0.5}, r"algorithm.gamma must be in \[0.0, 1.0\]"),

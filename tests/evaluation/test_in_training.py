@@ -83,7 +83,7 @@ def test_eval_section_errors_name_the_key():
         load_config(None, ["eval.benchmarks=[task,gsm8kk]"])
     with pytest.raises(ConfigError, match="'eval.best_metric' must name an evaluation metric"):
         load_config(None, ["eval.best_metric=reward/accuracy"])
-    with pytest.raises(ConfigError, match="'eval.samples_per_problem' must be positive"):
+    with pytest.raises(ConfigError, match="'eval.samples_per_problem' must be >= 1"):
         load_config(None, ["eval.samples_per_problem=0"])
     with pytest.raises(ConfigError, match="'eval.template'"):
         load_config(None, ["eval.template=r2"])

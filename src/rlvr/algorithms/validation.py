@@ -150,7 +150,7 @@ def _check_ranges(cfg: AlgorithmConfig) -> None:
     for name in ("gamma", "lam", "lam_critic"):
         _between(cfg, name, 0.0, 1.0)
     _at_least(cfg, "lam_alpha", 0.0, strict=True)
-    _at_least(cfg, "eps_low", 0.0)
+    _between(cfg, "eps_low", 0.0, 1.0)  # the ratio's lower clip 1 - eps_low stays in [0, 1]
     _at_least(cfg, "eps_high", 0.0)
     _optional_above(cfg, "clip_ratio_c", 1.0)
     _at_least(cfg, "kimi_tau", 0.0, strict=True)
