@@ -1,6 +1,6 @@
 """The ``rlvr`` command line: thin — parse, build, call.
 
-rlvr train CONFIG [key=value ...] [--resume]
+rlvr train CONFIG [key=value ...] [--resume | --force-resume | --overwrite]
 rlvr eval [MODEL_OR_RUN_DIR] [CONFIG.yaml] [key=value ...] [--benchmarks a,b] [--n N] ...
 rlvr config show [CONFIG] [key=value ...]
 rlvr presets
@@ -30,11 +30,25 @@ def _train(args: argparse.Namespace) -> int:
 
     path, overrides = _split_config_and_overrides(args.items)
     config = load_config(path, overrides)  # every key checked before any model loads
+    from rlvr.config import to_dict
     from rlvr.distributed import rank, restart_count, shutdown, world_size
+    from rlvr.training.run_dir import check_run_dir
+    from rlvr.training.setup import build_task
+
+    # A group torchrun restarted (--max-restarts) resumes from the last checkpoint, never overwrites.
+    run_dir_flags = {
+        "resume": args.resume or restart_count() > 0,
+        "overwrite": args.overwrite and restart_count() == 0,
+        "force_resume": args.force_resume,
+    }
+    # The run directory, then the data, before the model code is even imported: a refusal or a bad
+    # row comes at once, not after the weights load.
+    check_run_dir(config.logging.output_dir, to_dict(config), **run_dir_flags)
+    task = build_task(config)
     from rlvr.training.trainer import train
 
-    try:  # a group torchrun restarted (--max-restarts) resumes from the last checkpoint
-        result = train(config, resume=args.resume or restart_count() > 0)
+    try:
+        result = train(config, task=task, **run_dir_flags)
         speaks = rank() == 0
     except RuntimeError as err:
         if not _lost_a_rank(err):
@@ -89,6 +103,7 @@ EVAL_FLAGS = (
     ("--completions", "completions", str, "re-score this file of completions instead of generating"),
     ("--output", "output_dir", str, "output directory"),
     ("--seed", "seed", int, "sampling seed"),
+    ("--extraction", "extraction", str, "--completions: answer, or last_number (unmarked: last number)"),
 )
 
 
@@ -185,7 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("items", nargs="*", metavar="CONFIG | key=value")
     train.add_argument(
-        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in logging.output_dir from its latest checkpoint; only the settings "
+        "that do not change what it trains may differ (logging.*, eval.every, training.steps, checkpoint.*, ...)",
+    )
+    train.add_argument(
+        "--force-resume",
+        action="store_true",
+        help="--resume even with settings that change what the run trains (the differences are logged)",
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run that logging.output_dir holds and start a new one there",
     )
     train.add_argument("--no-plot", dest="plot", action="store_false", help="do not write plots at the end")
     train.set_defaults(func=_train)

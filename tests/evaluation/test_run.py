@@ -222,3 +222,55 @@ def test_lora_run_is_evaluated_with_its_adapter_merged(tmp_path):
     assert not hasattr(model, "peft_config")  # merged into plain weights
     results = evaluate(run, tmp_path / "out", num_problems=2, max_new_tokens=8)
     assert results["benchmarks"]["arithmetic"]["problems"] == 2
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", r"bench\.jsonl: the file holds no rows"),
+        (
+            b'{"question": "1+1?", "answer": "2"}\n{"question": "caf\xe9", "answer": "2"}\n',
+            r"bench\.jsonl:2: not valid UTF-8",
+        ),
+        (b'{"question": "1+1?"}\n', r"bench\.jsonl:1: field 'answer' is missing.*set skip_bad_rows=true"),
+    ],
+)
+def test_a_bad_benchmark_file_stops_before_the_model_loads(tmp_path, content, message):
+    (tmp_path / "not_a_model").mkdir()  # loading a model from here would fail with another error
+    bench = tmp_path / "bench.jsonl"
+    bench.write_bytes(content)
+    flags = {
+        "model": str(tmp_path / "not_a_model"),
+        "benchmarks": [str(bench)],
+        "output_dir": str(tmp_path / "o"),
+    }
+    with pytest.raises(DataError, match=message):
+        run_evaluation(load_eval_config(flags=flags), log=quiet)
+
+
+def test_skip_bad_rows_leaves_out_and_reports_bad_rows_of_a_file(tmp_path, capsys):
+    bench = tmp_path / "bench.jsonl"
+    bench.write_bytes(
+        b'{"question": "What is 1 + 1?", "answer": "2"}\n{"question": "x"}\n\xff\n'
+        b'{"question": "What is 2 + 2?", "answer": "4"}\n'
+    )
+    out = tmp_path / "out"
+    code = main(
+        [
+            "eval",
+            "toy",
+            "--benchmarks",
+            str(bench),
+            "--max-new-tokens",
+            "8",
+            "--output",
+            str(out),
+            "skip_bad_rows=true",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "[bench] 2 bad row(s) left out; first:" in printed and "bench.jsonl:2" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["benchmarks"]["bench"]["problems"] == 2
+    assert results["settings"]["rows_left_out"] == {"bench": 2}

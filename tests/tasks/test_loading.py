@@ -39,10 +39,15 @@ def test_missing_field_names_file_line_and_field(tmp_path):
 def test_wrong_types_and_empty_answers_are_errors(tmp_path):
     path = write_jsonl(
         tmp_path / "t.jsonl",
-        [{"question": 5, "answer": "1"}, {"question": "q", "answer": ""}, {"question": "q", "answer": True}],
+        [
+            {"question": 5, "answer": "1"},
+            {"question": "q", "answer": ""},
+            {"question": "q", "answer": True},
+            {"question": "q", "answer": "4"},
+        ],
     )
     result = load_problems(path, skip_bad_rows=True)
-    assert result.problems == []
+    assert [p.answer for p in result.problems] == ["4"]
     assert "t.jsonl:1: field 'question' must be a non-empty string" in result.skipped[0]
     assert "t.jsonl:2: field 'answer': the answer is empty" in result.skipped[1]
     assert "t.jsonl:3: field 'answer'" in result.skipped[2]
@@ -101,3 +106,67 @@ def test_hub_name_without_datasets_package_is_a_clear_error():
             load_any("openai/gsm8k", split="train")
     else:
         pytest.skip("the datasets package is installed; the hub path needs network")
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    rows = [{"question": "1+1?", "answer": "2"}]
+    jl = tmp_path / "bom.jsonl"
+    jl.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows[0]).encode() + b"\n")
+    js = tmp_path / "bom.json"
+    js.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode())
+    for path in (jl, js):
+        assert [p.answer for p in load_problems(path).problems] == ["2"]
+
+
+def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path):
+    jl = tmp_path / "latin1.jsonl"
+    jl.write_bytes(b'{"question": "a", "answer": "1"}\n{"question": "caf\xe9", "answer": "2"}\n')
+    with pytest.raises(DataError, match=r"latin1\.jsonl:2: not valid UTF-8 \(byte 0xe9 at column 18\)"):
+        load_problems(jl)
+    js = tmp_path / "latin1.json"
+    js.write_bytes(b'[{"question": "a", "answer": "1"},\n {"question": "caf\xe9", "answer": "2"}]')
+    with pytest.raises(DataError, match=r"latin1\.json:2: not valid UTF-8 \(byte 0xe9 at column 19\)"):
+        load_problems(js)
+
+
+def test_skip_bad_rows_covers_undecodable_and_broken_lines_and_lists_them(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(
+        b'{"question": "a", "answer": "1"}\n'
+        b'{"question": "caf\xe9", "answer": "2"}\n'
+        b'{"question": "b", \n'
+        b'{"question": "c"}\n'
+        b'{"question": "d", "answer": "4"}\n'
+    )
+    with pytest.raises(
+        DataError, match=r"mixed\.jsonl:2: not valid UTF-8.*set task\.params\.skip_bad_rows=true"
+    ):
+        load_problems(path, skip_setting="task.params.skip_bad_rows")
+    result = load_problems(path, skip_bad_rows=True)
+    assert [p.answer for p in result.problems] == ["1", "4"]
+    assert [m.split(": ")[0].rsplit("/", 1)[-1] for m in result.skipped] == [
+        "mixed.jsonl:2",
+        "mixed.jsonl:3",
+        "mixed.jsonl:4",
+    ]
+    assert "not valid JSON" in result.skipped[1] and "field 'answer' is missing" in result.skipped[2]
+
+
+@pytest.mark.parametrize(
+    "name,content", [("e.jsonl", ""), ("e.jsonl", "\n\n"), ("e.json", ""), ("e.json", "[]")]
+)
+def test_an_empty_file_is_an_error_naming_it(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(
+        DataError, match=rf"{name.replace('.', '[.]')}: (the file is empty|the file holds no rows)"
+    ):
+        load_problems(path)
+
+
+def test_a_file_with_nothing_left_is_an_error_saying_why(tmp_path):
+    path = write_jsonl(tmp_path / "f.jsonl", [{"question": "q", "answer": "1"}, {"question": "q"}])
+    with pytest.raises(
+        DataError, match=r"f\.jsonl: no problems left of its 2 rows \(1 skipped as bad, 1 left out"
+    ):
+        load_problems(path, skip_bad_rows=True, keep=lambda p: False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -26,12 +27,14 @@ from transformers import (
 from rlvr.errors import ConfigError, DataError
 from rlvr.toy.tokenizer import build_tokenizer
 from rlvr.training.checkpoint import (
+    CorruptCheckpointError,
     capture_rng_state,
     checkpoint_step,
     export_merged,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_latest_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
@@ -257,6 +260,87 @@ def test_bad_arguments_and_bad_checkpoints_are_clear_errors(tmp_path):
         load_checkpoint(path, model=llama)
     with pytest.raises(DataError, match="does not fit"):  # saved without an optimizer
         load_checkpoint(path, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def _shard(path):
+    return next((path / "state").glob("*.distcp"))
+
+
+def _cut_in_half(file) -> None:
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+
+
+DAMAGES = {
+    "scheduler.pt cut short": lambda p: _cut_in_half(p / "scheduler.pt"),
+    "scheduler.pt overwritten": lambda p: (p / "scheduler.pt").write_bytes(b"not a torch file"),
+    "trainer_state.pt empty": lambda p: (p / "trainer_state.pt").write_bytes(b""),
+    "trainer_state.json cut short": lambda p: _cut_in_half(p / "trainer_state.json"),
+    "rng.pt cut short": lambda p: _cut_in_half(p / "rng.pt"),
+    "critic_sched.pt missing": lambda p: (p / "critic_sched.pt").unlink(),
+    "state/.metadata cut short": lambda p: _cut_in_half(p / "state" / ".metadata"),
+    "state/ shard cut short": lambda p: _cut_in_half(_shard(p)),
+    "state/ shard missing": lambda p: _shard(p).unlink(),
+}
+
+
+def _save_steps(run_dir, model, optimizer, scheduler, critic_sched, steps):
+    """One checkpoint per step, each after a step of training; returns the weights saved at each."""
+    weights = {}
+    for step in steps:
+        train_step(model, optimizer, scheduler)
+        critic_sched.step()
+        save_checkpoint(
+            run_dir,
+            step,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            trainer_state={"generator": torch.ones(2), "tag": step},
+            extra_states={"critic_sched": critic_sched},
+            keep_last=3,
+        )
+        weights[step] = {k: v.clone() for k, v in model.state_dict().items()}
+    return weights
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_file_is_named_and_the_previous_checkpoint_is_loaded(tmp_path, damage):
+    model, _, optimizer, scheduler = make_parts(0)
+    critic_sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    weights = _save_steps(tmp_path, model, optimizer, scheduler, critic_sched, [1, 2])
+    newest = tmp_path / "checkpoints" / "step-000002"
+    DAMAGES[damage](newest)
+    file = damage.split()[0].rstrip("/")
+
+    fresh, _, fresh_opt, fresh_sched = make_parts(1)
+    fresh_critic_sched = torch.optim.lr_scheduler.StepLR(fresh_opt, step_size=1)
+    objects = dict(model=fresh, optimizer=fresh_opt, scheduler=fresh_sched)
+    objects["extra_states"] = {"critic_sched": fresh_critic_sched}
+    with pytest.raises(CorruptCheckpointError, match=re.escape(str(newest / file))):
+        load_checkpoint(newest, **objects)
+
+    log: list[str] = []
+    path, state = load_latest_checkpoint(tmp_path, log=log.append, **objects)
+    assert path.name == "step-000001" and state["tag"] == 1 and state["step"] == 1
+    assert_state_dicts_equal(fresh.state_dict(), weights[1])
+    assert fresh_sched.last_epoch == 1 and fresh_critic_sched.last_epoch == 1
+    assert len(log) == 1 and str(newest / file) in log[0]
+    assert "falling back to the previous checkpoint, step-000001" in log[0]
+
+
+def test_no_intact_checkpoint_is_an_error_that_says_what_to_do(tmp_path):
+    model, _, optimizer, scheduler = make_parts(0)
+    critic_sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    _save_steps(tmp_path, model, optimizer, scheduler, critic_sched, [1, 2])
+    for path in list_checkpoints(tmp_path):
+        (path / "rng.pt").write_bytes(b"\x00" * 10)
+    log: list[str] = []
+    with pytest.raises(DataError, match=r"no intact checkpoint to resume from.*--overwrite") as err:
+        load_latest_checkpoint(tmp_path, log=log.append, model=model, optimizer=optimizer)
+    assert "step-000002/rng.pt" in str(err.value) and "step-000001/rng.pt" in str(err.value)
+    assert "no earlier checkpoint is left" in log[-1]
+    assert load_latest_checkpoint(tmp_path / "empty", model=model) is None
 
 
 def test_extra_states_round_trip(tmp_path):

@@ -46,6 +46,10 @@ class EvalRunConfig:
     """Grade completions cut at max_new_tokens (their answer, if any); false counts them wrong."""
     timeout_s: float = 5.0
     """Wall-clock limit of one answer check by math-verify."""
+    extraction: Literal["answer", "last_number"] = "answer"
+    """--completions only: 'answer' grades only a marked final answer (boxed, <answer>, ####, "the answer
+    is"); 'last_number' also grades the last number of a completion that marks none, as the Qwen2.5-Math
+    evaluation harness does, to reproduce numbers published with it."""
     seed: int = 0
     """Sampling seed; a batch of problems uses seed + the index of its first problem."""
     problems_per_batch: int = 32
@@ -62,6 +66,9 @@ class EvalRunConfig:
     """Local files: a field with a problem id (None: the row number)."""
     meta_fields: list[str] = field(default_factory=list)
     """Local files: fields to break results down by (for example level, subject)."""
+    skip_bad_rows: bool = False
+    """Local files: leave out rows that cannot be used (not UTF-8, not JSON, a missing or ungradable
+    field), counted and listed in the results, instead of stopping at the first."""
     completions: str | None = None
     """Re-score this file of existing completions instead of generating (see docs/evaluation.md)."""
     completion_field: str = "response"
@@ -94,6 +101,12 @@ def validate_eval_config(c: EvalRunConfig) -> None:
         raise ConfigError(f"setting 'top_p' must be in (0, 1], got {c.top_p}")
     if c.timeout_s <= 0:
         raise ConfigError(f"setting 'timeout_s' must be positive, got {c.timeout_s}")
+    if c.extraction not in ("answer", "last_number"):
+        raise ConfigError(f"setting 'extraction' must be answer or last_number, got {c.extraction!r}")
+    if c.extraction != "answer" and c.completions is None:
+        raise ConfigError(
+            "setting 'extraction=last_number' re-scores other programs' outputs: it needs --completions"
+        )
     if c.benchmarks is not None and not c.benchmarks:
         raise ConfigError("setting 'benchmarks' is empty; name at least one benchmark")
     if c.template is not None:

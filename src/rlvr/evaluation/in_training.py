@@ -78,6 +78,14 @@ class TrainingEvaluator:
         )
         self.seed = config.training.seed + 1
 
+    def check_prompts(self, tokenizer: Any) -> None:
+        """Every benchmark prompt within ``rollout.max_prompt_tokens``: an error naming the problem now,
+        before the model loads, rather than at the first evaluation."""
+        from rlvr.training.setup import tokenize_prompts
+
+        for eval_set in self.sets:
+            tokenize_prompts(eval_set.problems, eval_set.template, tokenizer, self.settings.max_prompt_tokens)
+
     def __call__(self, engine: Any, tokenizer: Any) -> dict[str, float]:
         results = {}
         for eval_set, reward in zip(self.sets, self.rewards, strict=True):

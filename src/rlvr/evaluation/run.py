@@ -19,7 +19,7 @@ from rlvr.errors import ConfigError
 from rlvr.evaluation.config import EvalRunConfig
 from rlvr.evaluation.generation import GenerationSettings, SampleStore, batches, generate_records
 from rlvr.evaluation.report import format_table, write_outputs
-from rlvr.evaluation.sets import EvalSet, FileFields, resolve_set
+from rlvr.evaluation.sets import EvalSet, FileFields, resolve_set, with_template
 from rlvr.evaluation.summary import macro_average, summarize
 
 SETTINGS_FILE = "eval_settings.json"
@@ -159,6 +159,7 @@ def build_sets(config: EvalRunConfig, template: str, task: Any) -> list[EvalSet]
             num_problems=config.num_problems,
             grade_truncated=config.grade_truncated,
             timeout_s=config.timeout_s,
+            skip_bad_rows=config.skip_bad_rows,
         )
         for name in names
     ]
@@ -273,18 +274,19 @@ def evaluate_target(config: EvalRunConfig, target: Target, out: Path, log: Any =
     from rlvr.training.model import resolve_device
 
     device = resolve_device(config.device)
+    task = training_task(config, target.run_dir)  # the data first: a bad row stops here, before any model
+    known = config.template or (task.template if task is not None else None)
+    sets = build_sets(config, known or "r1_zero", task)
     model, tokenizer = load_eval_model(target.model_path, device, config.dtype)
-    task = training_task(config, target.run_dir)
-    template = default_template(config, tokenizer, task)
-    sets = build_sets(config, template, task)
+    if known is None:  # the model's default template, which its tokenizer decides
+        template = default_template(config, tokenizer, task)
+        sets = [with_template(s, template) for s in sets]
     settings = settings_record(config, target, sets)
     check_output_dir(out, settings, config.overwrite)
     engine = HFEngine(model, tokenizer, max_batch_sequences=config.max_batch_sequences)
     for s in sets:
         if s.skipped:
-            log(
-                f"[{s.name}] {len(s.skipped)} row(s) left out, their gold cannot be graded; first: {s.skipped[0]}"
-            )
+            log(f"[{s.name}] {len(s.skipped)} bad row(s) left out; first: {s.skipped[0]}")
     log(
         f"evaluating {target.model_path} on {', '.join(f'{s.name} ({len(s.problems)})' for s in sets)}: "
         f"{config.samples_per_problem} sample(s) per problem, temperature {config.temperature}, into {out}"

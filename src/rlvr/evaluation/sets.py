@@ -16,6 +16,7 @@ length limit (those rarely hold an answer; the truncation rate is reported besid
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -96,8 +97,10 @@ def file_set(
     num_problems: int | None = None,
     grade_truncated: bool = True,
     timeout_s: float = 5.0,
+    skip_bad_rows: bool = False,
 ) -> EvalSet:
-    """A local benchmark file; a row without a usable question or gold answer is an error naming it."""
+    """A local benchmark file; a row without a usable question or gold answer is an error naming it
+    (or, with ``skip_bad_rows``, left out and listed in ``EvalSet.skipped``)."""
     from rlvr.rewards.math import check_gold
     from rlvr.tasks.loading import load_problems
 
@@ -105,7 +108,7 @@ def file_set(
     if not path.is_file():
         raise ConfigError(f"benchmark file {path} does not exist")
     field_map = FieldMap(fields.question, fields.answer, fields.answer_format, id=fields.id, meta=fields.meta)  # type: ignore[arg-type]
-    loaded = load_problems(path, field_map, check_gold=check_gold)
+    loaded = load_problems(path, field_map, check_gold=check_gold, skip_bad_rows=skip_bad_rows)
     return EvalSet(
         name=path.stem,
         problems=_subset(loaded.problems, num_problems),
@@ -114,6 +117,7 @@ def file_set(
         stop_strings=stop_strings_for(template),
         equivalence="math",
         breakdown=fields.meta,
+        skipped=tuple(loaded.skipped),
     )
 
 
@@ -132,6 +136,11 @@ def task_set(task: Task, *, template: str | None = None, num_problems: int | Non
         equivalence="math" if any(r.name == "math" for r in task.rewards) else "exact",
         breakdown=tuple(meta),
     )
+
+
+def with_template(eval_set: EvalSet, template: str) -> EvalSet:
+    """A shipped benchmark or file set presented with ``template`` (and its stop strings) instead."""
+    return dataclasses.replace(eval_set, template=template, stop_strings=stop_strings_for(template))
 
 
 def is_benchmark_file(entry: str) -> bool:
@@ -161,6 +170,7 @@ def resolve_set(
     num_problems: int | None = None,
     grade_truncated: bool = True,
     timeout_s: float = 5.0,
+    skip_bad_rows: bool = False,
 ) -> EvalSet:
     """The set a benchmark entry names (module docstring). ``task`` is the training task 'task'
     evaluates, with ``task_template`` overriding its template; other entries use ``template``."""
@@ -174,5 +184,7 @@ def resolve_set(
             )
         return task_set(task, template=task_template, num_problems=num_problems)
     if is_benchmark_file(name):
-        return file_set(name, template, fields, num_problems=num_problems, **grading)
+        return file_set(
+            name, template, fields, num_problems=num_problems, skip_bad_rows=skip_bad_rows, **grading
+        )
     return benchmark_set(name, template, num_problems=num_problems, **grading)

@@ -49,6 +49,9 @@ class Task:
     template: str
     rewards: tuple[RewardSpec, ...]
     stop_strings: tuple[str, ...] = ()
+    skipped_rows: tuple[str, ...] = ()
+    """Rows of the task's data files left out as bad (``skip_bad_rows``), one message each (file,
+    line, why): the run reports them."""
 
 
 # name -> factory(**params) -> Task. Registered by each task module.

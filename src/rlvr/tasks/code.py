@@ -26,7 +26,6 @@ passes its own tests is checked by the test suite (running them takes a few seco
 from __future__ import annotations
 
 import ast
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 from rlvr.errors import ConfigError, DataError
 from rlvr.rewards.code import code_reward  # noqa: F401  (registers the "code" reward)
 from rlvr.tasks.base import TASKS, Problem, RewardSpec, Task
+from rlvr.tasks.loading import read_rows
 from rlvr.tasks.templates import TEMPLATES
 
 CODE_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "code"
@@ -105,31 +105,26 @@ def _check_row(row: Any, where: str) -> dict[str, Any]:
 def load_code_problems(path: str | Path, *, answer_tags: bool = True) -> list[Problem]:
     """Every row of a code-problem JSONL file as a :class:`Problem`; DataError names file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    if path.suffix.lower() != ".jsonl":
+        raise DataError(f"{path}: code problems are read from .jsonl files")
     problems = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = _check_row(json.loads(line), where)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            problems.append(
-                Problem(
-                    id=row["id"],
-                    question=code_question(row["description"], row["signature"], answer_tags=answer_tags),
-                    answer={"tests": list(row["tests"]), "entry_point": row["entry_point"]},
-                    meta={
-                        "source": where,
-                        "split": row.get("split", "train"),
-                        "difficulty": row.get("difficulty"),
-                        "reference_solution": row.get("reference_solution"),
-                    },
-                )
+    for where, raw in read_rows(path):  # bytes that are not UTF-8 or a line that is not JSON: file:line
+        row = _check_row(raw, where)
+        problems.append(
+            Problem(
+                id=row["id"],
+                question=code_question(row["description"], row["signature"], answer_tags=answer_tags),
+                answer={"tests": list(row["tests"]), "entry_point": row["entry_point"]},
+                meta={
+                    "source": where,
+                    "split": row.get("split", "train"),
+                    "difficulty": row.get("difficulty"),
+                    "reference_solution": row.get("reference_solution"),
+                },
             )
+        )
+    if not problems:
+        raise DataError(f"{path}: the file holds no rows")
     return problems
 
 

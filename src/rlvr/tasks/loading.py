@@ -4,8 +4,9 @@ A :class:`FieldMap` says which field holds the question, which the gold answer, 
 go into ``Problem.meta`` (level, subject, ...). Field names may be dotted to reach into nested
 objects (``reward_model.ground_truth``). Every row is checked as it is read: a missing field, a
 value of the wrong type or a gold answer that cannot be graded is a :class:`~rlvr.errors.DataError`
-naming the file, the line (JSONL) or row (JSON array, Parquet) and the field. With
-``skip_bad_rows=True`` such rows are skipped instead, and counted in ``LoadResult.skipped``.
+naming the file, the line (JSONL) or row (JSON array, Parquet) and the field, and so is a line
+that is not UTF-8 or not JSON. With ``skip_bad_rows=True`` such rows are skipped instead, and
+listed in ``LoadResult.skipped``. A UTF-8 byte order mark at the start of a file is allowed.
 """
 
 from __future__ import annotations
@@ -52,26 +53,70 @@ class LoadResult:
     """One message per skipped row (file, line, field, reason)."""
 
 
-# Readers yield (location, row) where location is "file:line" or "file:row N".
+@dataclass(frozen=True)
+class BadRow:
+    """A row that could not be read at all (bytes that are not UTF-8, a line that is not JSON)."""
+
+    message: str
+    """'file:line: why', as an error or a skip report gives it."""
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+"""Some editors start a UTF-8 file with these bytes; they are not part of the first row."""
+
+
+def _decode_utf8(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+# Readers yield (location, row) where location is "file:line" or "file:row N"; a row that cannot be
+# decoded at all comes as a BadRow, so that skip_bad_rows can skip it like any other bad row.
 _READERS: Registry[Callable[[Path], Iterator[tuple[str, Any]]]] = Registry("data file format")
 
 
 @_READERS.register(".jsonl")
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            if lineno == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM) :]
+            try:
+                line = _decode_utf8(raw, where)
+            except DataError as e:
+                yield where, BadRow(str(e))
+                continue
             if not line.strip():
                 continue
             try:
-                yield f"{path}:{lineno}", json.loads(line)
+                yield where, json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                yield where, BadRow(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
 
 
 @_READERS.register(".json")
 def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
+    raw = path.read_bytes()
+    if raw.startswith(UTF8_BOM):
+        raw = raw[len(UTF8_BOM) :]
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {column}); save the file as UTF-8"
+        ) from None
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty (expected a JSON array of rows)")
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
     if isinstance(data, dict):  # {"data": [...]} or {"rows": [...]}
@@ -97,8 +142,9 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"{path}:row {i}", row
 
 
-def read_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """Yield ``(location, row)`` for every row of a local .jsonl, .json or .parquet file."""
+def iter_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """``(location, row)`` for every row of a local .jsonl, .json or .parquet file; a row that cannot
+    be decoded comes as a :class:`BadRow` (a file that cannot be read at all is a DataError)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -108,6 +154,14 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
             f"{path}: unsupported file type '{suffix}' (supported: {', '.join(_READERS.names())})"
         )
     yield from _READERS.get(suffix)(path)
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """Like :func:`iter_rows`, but a row that cannot be decoded is a DataError naming file and line."""
+    for where, row in iter_rows(path):
+        if isinstance(row, BadRow):
+            raise DataError(row.message)
+        yield where, row
 
 
 def get_field(row: Any, name: str, where: str) -> Any:
@@ -198,27 +252,43 @@ def load_problems(
     check_gold: Callable[[str], None] | None = None,
     keep: Callable[[Problem], bool] | None = None,
     id_prefix: str | None = None,
+    skip_setting: str = "skip_bad_rows",
 ) -> LoadResult:
     """Read every row of ``path`` into a :class:`Problem`.
 
     ``check_gold`` is called on each gold answer (the math task passes the grader's gold check, so
     an answer the grader cannot parse is reported here, at load time, never scored as right).
-    ``keep`` filters problems after they are read (for example by level).
+    ``keep`` filters problems after they are read (for example by level). A bad row (bytes that are
+    not UTF-8, a line that is not JSON, a missing or unusable field) is a DataError naming the file,
+    line and field, whose hint names ``skip_setting``, the setting that skips such rows instead.
+    A file with no rows, or with none left, is a DataError naming it.
     """
     path = Path(path)
     prefix = f"{path.stem}-" if id_prefix is None else id_prefix
     problems: list[Problem] = []
     skipped: list[str] = []
-    for index, (where, row) in enumerate(read_rows(path)):
+    rows = 0
+    for index, (where, row) in enumerate(iter_rows(path)):
+        rows += 1
         try:
+            if isinstance(row, BadRow):
+                raise DataError(row.message)
             problem = _problem_from_row(row, where, index, fields, check_gold, prefix)
         except DataError as e:
             if not skip_bad_rows:
-                raise DataError(f"{e} (set skip_bad_rows to skip such rows)") from None
+                raise DataError(f"{e} (set {skip_setting}=true to skip such rows)") from None
             skipped.append(str(e))
             continue
         if keep is None or keep(problem):
             problems.append(problem)
+    if rows == 0:
+        raise DataError(f"{path}: the file holds no rows")
+    if not problems:
+        why = [f"{len(skipped)} skipped as bad"] if skipped else []
+        if rows > len(skipped):
+            why.append(f"{rows - len(skipped)} left out by the selection (levels or other filters)")
+        first = f"; first skipped: {skipped[0]}" if skipped else ""
+        raise DataError(f"{path}: no problems left of its {rows} rows ({', '.join(why)}){first}")
     return LoadResult(problems, skipped)
 
 

@@ -57,7 +57,14 @@ def _load(
     if levels and level_field:
         wanted = set(levels)
         keep = lambda p: _level(p, level_field) in wanted  # noqa: E731
-    return load_any(source, fields, skip_bad_rows=skip_bad_rows, check_gold=check_gold, keep=keep)
+    return load_any(
+        source,
+        fields,
+        skip_bad_rows=skip_bad_rows,
+        check_gold=check_gold,
+        keep=keep,
+        skip_setting="task.params.skip_bad_rows",
+    )
 
 
 @TASKS.register("math")
@@ -103,6 +110,7 @@ def math_task(
         template=template,
         rewards=_math_rewards(template, strict, format_weight),
         stop_strings=stop_strings_for(template),
+        skipped_rows=tuple(train.skipped),
     )
 
 
@@ -134,4 +142,5 @@ def gsm8k_task(
         template=template,
         rewards=_math_rewards(template, strict, format_weight),
         stop_strings=stop_strings_for(template),
+        skipped_rows=tuple(train.skipped),
     )

@@ -33,8 +33,13 @@ once more after the final evaluation) renames the old one to ``.replaced-step-00
 one takes its place; should a kill fall between those two renames, the ``.replaced`` copy (complete) still
 counts as that step's checkpoint and the next save renames it back.
 
-Distributed runs: every rank calls :func:`save_checkpoint` and :func:`load_checkpoint` (both are
-collective). Every rank writes its shard of ``state/`` into rank 0's temporary directory (several
+Damage: :func:`load_checkpoint` reads every file it loads from (and checks the size of every shard the
+DCP metadata names) before it applies any, and a missing, truncated or unreadable file raises
+:class:`CorruptCheckpointError` naming it; :func:`load_latest_checkpoint` then falls back to the checkpoint
+before, saying so. A shard whose bytes changed but whose size did not is not detected.
+
+Distributed runs: every rank calls :func:`save_checkpoint`, :func:`load_checkpoint` and
+:func:`load_latest_checkpoint` (all are collective; a file one rank cannot read stops every rank). Every rank writes its shard of ``state/`` into rank 0's temporary directory (several
 machines need a shared file system for the run directory); rank 0 writes the rest and publishes.
 """
 
@@ -47,13 +52,13 @@ import re
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlvr.distributed import barrier, broadcast_object, rank, world_size
+from rlvr.distributed import barrier, broadcast_object, gather_objects, rank, world_size
 from rlvr.errors import ConfigError, DataError
 from rlvr.training.rng import capture_rng_state as capture_rng_state  # re-exported
 from rlvr.training.rng import gather_rng_states, restore_rng_state
@@ -368,10 +373,98 @@ def save_checkpoint(
 # Loading
 
 
-def _torch_load(path: Path) -> Any:
+class CorruptCheckpointError(DataError):
+    """A file of a checkpoint is missing, truncated or cannot be read; the message names the file."""
+
+
+def _unreadable(path: Path, err: BaseException) -> str:
+    text = str(err).strip()
+    if not text:
+        detail = "empty or cut short"
+    elif "weights_only" in text or "Weights only" in text:  # torch's advice on an unpickling failure
+        detail = "not a file torch.save wrote"
+    else:
+        detail = text.splitlines()[0][:200]
+    return f"{path}: cannot be read, the file is damaged or truncated ({type(err).__name__}: {detail})"
+
+
+def _read_file(path: Path, read: Callable[[Path], Any]) -> Any:
+    """``read(path)``, with a missing or unreadable file turned into a :class:`CorruptCheckpointError`."""
     if not path.is_file():
-        raise DataError(f"{path}: missing from the checkpoint")
+        raise CorruptCheckpointError(f"{path}: missing from the checkpoint")
+    try:
+        return read(path)
+    except Exception as err:  # pickle, zip, EOF, JSON and OS errors alike: the file is bad
+        raise CorruptCheckpointError(_unreadable(path, err)) from None
+
+
+def _torch_read(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _json_read(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _dcp_metadata(state_dir: Path) -> Any:
+    """The DCP metadata of ``state_dir``, after checking that every shard file it names is there in full."""
+    import torch.distributed.checkpoint as dcp
+
+    metadata = _read_file(
+        state_dir / ".metadata", lambda _: dcp.FileSystemReader(str(state_dir)).read_metadata()
+    )
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        end = info.offset + info.length
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for name, size in sorted(needed.items()):
+        shard = state_dir / name
+        if not shard.is_file():
+            raise CorruptCheckpointError(f"{shard}: missing from the checkpoint")
+        if shard.stat().st_size < size:
+            raise CorruptCheckpointError(
+                f"{shard}: truncated ({shard.stat().st_size} bytes, the metadata needs {size})"
+            )
+    return metadata
+
+
+def _read_parts(
+    path: Path, *, scheduler: bool, extra_names: list[str], rng: bool
+) -> tuple[dict[str, Any], str | None]:
+    """Every file of checkpoint ``path`` that is loaded into an object, read before any is applied.
+
+    Returns the parts read and, when a file is missing or damaged, the error naming it (None when all
+    are intact), so that the ranks can agree on it before any of them raises.
+    """
+    parts: dict[str, Any] = {}
+    try:
+        parts["metadata"] = _dcp_metadata(path / STATE_DIR)
+        parts["trainer_state"] = _read_file(path / TRAINER_STATE_JSON, _json_read)
+        if not isinstance(parts["trainer_state"], dict) or "step" not in parts["trainer_state"]:
+            raise CorruptCheckpointError(f"{path / TRAINER_STATE_JSON}: holds no trainer state with a step")
+        if (path / TRAINER_STATE_PT).exists():
+            tensors = _read_file(path / TRAINER_STATE_PT, _torch_read)
+            if not isinstance(tensors, dict):
+                raise CorruptCheckpointError(f"{path / TRAINER_STATE_PT}: holds no trainer state")
+            parts["trainer_state"].update(tensors)
+        if scheduler:
+            parts["scheduler"] = _read_file(path / SCHEDULER_FILE, _torch_read)
+        for name in extra_names:
+            parts[f"extra.{name}"] = _read_file(path / f"{name}.pt", _torch_read)
+        if rng and (path / RNG_FILE).exists():
+            parts["rng"] = _read_file(path / RNG_FILE, _torch_read)
+            if not isinstance(parts["rng"], dict) or not {"world_size", "ranks"} <= parts["rng"].keys():
+                raise CorruptCheckpointError(f"{path / RNG_FILE}: holds no RNG states of ranks")
+    except CorruptCheckpointError as err:
+        return parts, str(err)
+    return parts, None
+
+
+def _agree_intact(error: str | None) -> None:
+    """Raise the first rank's :class:`CorruptCheckpointError` on every rank (collective)."""
+    errors = [e for e in gather_objects(error) if e is not None]
+    if errors:
+        raise CorruptCheckpointError(errors[0])
 
 
 def load_checkpoint(
@@ -390,18 +483,25 @@ def load_checkpoint(
     run's ranks); scheduler and ``extra_states`` objects get their state dicts; with ``restore_rng`` the
     global RNGs continue where this rank's left off at the save (skipped, with a warning, when the
     number of ranks changed).
+
+    Every file is read and checked before anything is loaded: a missing, truncated or unreadable file
+    (a shard shorter than the metadata says included) raises :class:`CorruptCheckpointError` naming it,
+    on every rank, with no object changed by the small files (see :func:`load_latest_checkpoint`).
+    A state that does not fit the objects (other model or optimizer settings) is a :class:`DataError`.
     """
     path = Path(path)
     if not _is_complete(path):
         raise DataError(f"{path}: not a complete checkpoint (no {TRAINER_STATE_JSON})")
     _check_extra_names(extra_states)
-    if not (path / STATE_DIR / ".metadata").is_file():
-        raise DataError(f"{path}: no {STATE_DIR}/.metadata, so no training state to resume from")
+    parts, error = _read_parts(
+        path, scheduler=scheduler is not None, extra_names=list(extra_states or {}), rng=restore_rng
+    )
+    _agree_intact(error)  # collective: a file one rank cannot read stops every rank
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
     state = training_state(unwrap(model), optimizer, modules or {})
-    check_saved_keys(path / STATE_DIR, state)
+    check_saved_keys(path / STATE_DIR, state, parts["metadata"])
     try:
         with single_process_quiet():
             dcp.load(state, checkpoint_id=path / STATE_DIR)
@@ -412,17 +512,11 @@ def load_checkpoint(
         ) from None
     apply_training_state(state, unwrap(model), optimizer, modules or {})
     if scheduler is not None:
-        scheduler.load_state_dict(_torch_load(path / SCHEDULER_FILE))
+        scheduler.load_state_dict(parts["scheduler"])
     for name, obj in (extra_states or {}).items():
-        obj.load_state_dict(_torch_load(path / f"{name}.pt"))
-    try:
-        state = json.loads((path / TRAINER_STATE_JSON).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path / TRAINER_STATE_JSON}: not valid JSON ({err})") from None
-    if (path / TRAINER_STATE_PT).is_file():
-        state.update(_torch_load(path / TRAINER_STATE_PT))
-    if restore_rng and (path / RNG_FILE).is_file():
-        saved = _torch_load(path / RNG_FILE)
+        obj.load_state_dict(parts[f"extra.{name}"])
+    if "rng" in parts:
+        saved = parts["rng"]
         if saved["world_size"] == world_size():
             restore_rng_state(saved["ranks"][rank()])
         else:
@@ -431,7 +525,40 @@ def load_checkpoint(
                 "RNG states not restored",
                 stacklevel=2,
             )
-    return state
+    return parts["trainer_state"]
+
+
+def load_latest_checkpoint(
+    run_dir: str | Path, *, log: Callable[[str], Any] = print, **objects: Any
+) -> tuple[Path, dict[str, Any]] | None:
+    """Load the newest intact checkpoint of ``run_dir`` (see :func:`load_checkpoint` for ``objects``).
+
+    A checkpoint with a damaged file is skipped with a line to ``log`` naming the file, and the one
+    before it is tried (``checkpoint.keep_last`` keeps several). Returns its path and trainer state, or
+    None when ``run_dir`` has no checkpoint; raises :class:`DataError` when none of them is intact.
+    Collective: every rank calls it; rank 0's list of checkpoints is the one every rank tries.
+    """
+    checkpoints: list[Path] = broadcast_object(list_checkpoints(run_dir) if rank() == 0 else None)  # type: ignore[assignment]
+    damaged: list[str] = []
+    for index in range(len(checkpoints) - 1, -1, -1):
+        path = checkpoints[index]
+        try:
+            return path, load_checkpoint(path, **objects)
+        except CorruptCheckpointError as err:
+            damaged.append(str(err))
+            then = (
+                f"falling back to the previous checkpoint, {checkpoints[index - 1].name}"
+                if index > 0
+                else "no earlier checkpoint is left to fall back to"
+            )
+            log(f"checkpoint {path.name} is damaged: {err}; {then}")
+    if damaged:
+        raise DataError(
+            f"{Path(run_dir) / CHECKPOINTS_DIR}: no intact checkpoint to resume from "
+            f"({len(damaged)} damaged, newest first: {'; '.join(damaged)}). Restore the damaged files from a "
+            "copy, or start the run over with --overwrite"
+        )
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Any
@@ -42,21 +43,50 @@ def build_task(config: Config) -> Task:
     return task
 
 
+@functools.lru_cache(maxsize=8)  # a vocabulary of 150k entries takes tens of milliseconds to walk
+def max_chars_per_token(tokenizer: Any) -> int:
+    """An upper bound on the characters of text one token stands for: the longest vocabulary entry.
+
+    Byte-level vocabularies (GPT-2, Qwen, Llama 3) write one character per byte and SentencePiece
+    ones one per character (a byte-fallback entry, ``<0x41>``, is longer than its byte), so no token
+    covers more characters of text than its entry has. A text of ``n`` characters therefore has at
+    least ``n / max_chars_per_token`` tokens.
+    """
+    return max(1, max((len(entry) for entry in tokenizer.get_vocab()), default=1))
+
+
 def tokenize_prompts(
-    problems: list[Problem], template: str, tokenizer: Any, max_tokens: int
+    problems: list[Problem],
+    template: str,
+    tokenizer: Any,
+    max_tokens: int,
+    setting: str = "rollout.max_prompt_tokens",
 ) -> list[list[int]]:
-    """Token ids of every problem's prompt; a prompt over ``max_tokens`` is an error naming it."""
+    """Token ids of every problem's prompt; a prompt over ``max_tokens`` is an error naming it.
+
+    A prompt with more characters than ``max_tokens`` tokens can hold (:func:`max_chars_per_token`)
+    is refused before it is tokenized: a stray 10 MB question costs nothing. ``setting`` names the
+    limit in the error.
+    """
     from rlvr.tasks.templates import TEMPLATES, render_prompt
 
     kind = TEMPLATES.get(template).kind
+    max_chars = max_tokens * max_chars_per_token(tokenizer)
     out = []
     for p in problems:
+        where = f"problem {p.id} ({p.meta.get('source', 'no source')})"
+        hint = "raise the setting or filter the data"
+        if len(p.question) > max_chars:
+            raise ConfigError(
+                f"{where} has a {len(p.question)}-character question: more than {setting} = {max_tokens} "
+                f"tokens can hold (a token of this tokenizer covers at most {max_chars // max_tokens} "
+                f"characters); {hint}"
+            )
         text = render_prompt(template, p.question, tokenizer)
         ids = tokenizer(text, add_special_tokens=kind == "text")["input_ids"]
         if len(ids) > max_tokens:
             raise ConfigError(
-                f"problem {p.id} ({p.meta.get('source', 'no source')}) has a {len(ids)}-token prompt, more "
-                f"than rollout.max_prompt_tokens = {max_tokens}; raise the setting or filter the data"
+                f"{where} has a {len(ids)}-token prompt, more than {setting} = {max_tokens}; {hint}"
             )
         out.append(ids)
     return out

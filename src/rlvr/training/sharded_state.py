@@ -101,11 +101,16 @@ def _flat_keys(state: Mapping[str, Any], prefix: str = "") -> set[str]:
     return keys
 
 
-def check_saved_keys(directory: Path, state: Mapping[str, Any]) -> None:
-    """Weights the checkpoint has but the model lacks are an error (DCP would skip them silently)."""
-    import torch.distributed.checkpoint as dcp
+def check_saved_keys(directory: Path, state: Mapping[str, Any], metadata: Any = None) -> None:
+    """Weights the checkpoint has but the model lacks are an error (DCP would skip them silently).
 
-    saved = dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata
+    ``metadata`` is the DCP metadata of ``directory`` when the caller has read it already.
+    """
+    if metadata is None:
+        import torch.distributed.checkpoint as dcp
+
+        metadata = dcp.FileSystemReader(str(directory)).read_metadata()
+    saved = metadata.state_dict_metadata
     wanted = _flat_keys(state)
     prefixes = tuple(f"{key}." for key in state if key == "model" or key.endswith(".model"))
     extra = sorted(k for k in saved if k.startswith(prefixes) and k not in wanted)

@@ -32,12 +32,20 @@ from rlvr.algorithms.kl import fold_kl_into_rewards, kl_penalty
 from rlvr.algorithms.samplers import PromptSampler, difficulties_from_problems
 from rlvr.algorithms.validation import needs_critic, needs_reference_model
 from rlvr.config import Config, CriticConfig, to_dict
-from rlvr.distributed import all_reduce_max, all_reduce_sum, init_from_environment, rank, world_size
+from rlvr.distributed import (
+    all_reduce_max,
+    all_reduce_sum,
+    broadcast_object,
+    init_from_environment,
+    rank,
+    world_size,
+)
 from rlvr.errors import ConfigError
 from rlvr.evaluation.in_training import BestModel, TrainingEvaluator
 from rlvr.rewards.composite import CompositeReward
 from rlvr.rollout.hf_engine import HFEngine
 from rlvr.rollout.types import SamplingParams
+from rlvr.tasks.base import Task
 from rlvr.training.batch import RolloutBatch, global_row_positions, make_batch
 from rlvr.training.critic import Critic, value_metrics
 from rlvr.training.generate_ahead import GenerateAhead
@@ -74,7 +82,14 @@ class RunResult:
 class Trainer:
     """Holds a run's parts; :meth:`run` trains from step 0 or from the latest checkpoint."""
 
-    def __init__(self, config: Config, *, log: Any = print) -> None:
+    _saved_step: int | None = None
+    """The step of the last checkpoint saved or resumed from (None: none yet)."""
+    _stop_at_once: bool = False
+    """Set once the final state is saved: a Ctrl-C then ends the run at once."""
+
+    def __init__(self, config: Config, *, log: Any = print, task: Task | None = None) -> None:
+        """``task``: the task already built from ``config`` (the command line builds it first, so that
+        a data error comes before the heavy imports); None builds it here."""
         if config.parallel.mixed_precision != "none":  # float32 shards; FSDP2 gathers them in bfloat16
             config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="float32"))
         c = config
@@ -94,13 +109,19 @@ class Trainer:
             torch.set_num_threads(c.training.cpu_threads)
         random.seed(c.training.seed)
         torch.manual_seed(c.training.seed)
-        self.tokenizer = load_tokenizer(c.model)
-        self.model = load_policy(c.model, self.device)
-        self.task = build_task(c)
+        # The data first, then the tokenizer, then the weights: a bad row or prompt is reported at once.
+        self.task = task if task is not None else build_task(c)
+        self.evaluator = TrainingEvaluator(c, self.task)
         self.reward = CompositeReward(self.task.rewards)
+        self.tokenizer = load_tokenizer(c.model)
         self.train_prompts = tokenize_prompts(
             self.task.train, self.task.template, self.tokenizer, c.rollout.max_prompt_tokens
         )
+        self.evaluator.check_prompts(self.tokenizer)
+        if self.task.skipped_rows:
+            first = self.task.skipped_rows[0]
+            self.log(f"{len(self.task.skipped_rows)} bad row(s) of the training data skipped; first: {first}")
+        self.model = load_policy(c.model, self.device)
         self.sampler = PromptSampler.from_config(
             len(self.task.train),
             c.algorithm,
@@ -116,7 +137,6 @@ class Trainer:
             autocast_dtype=autocast_dtype(c.model),
             decoder=c.rollout.decoder,
         )
-        self.evaluator = TrainingEvaluator(c, self.task)
         self.best_model = (
             BestModel(self.out, c.eval.best_metric, c.eval.best_mode) if c.eval.best_metric else None
         )
@@ -457,7 +477,7 @@ class Trainer:
         from rlvr.training.checkpoint import save_checkpoint
 
         modules, extra_states = self._critic_parts()
-        return save_checkpoint(
+        path = save_checkpoint(
             self.out,
             self.step,
             model=self.model,
@@ -469,35 +489,68 @@ class Trainer:
             modules=modules,
             extra_states=extra_states,
         )
+        self._saved_step = self.step
+        return path
 
     def resume(self) -> bool:
-        """Load the latest checkpoint of the run directory; False when there is none."""
-        from rlvr.training.checkpoint import latest_checkpoint, load_checkpoint
+        """Load the newest intact checkpoint of the run directory (a damaged one is skipped, with a
+        message naming its file, for the one before it); False when there is none."""
+        from rlvr.training.checkpoint import load_latest_checkpoint
 
-        path = latest_checkpoint(self.out)
-        if path is None:
-            return False
         modules, extra_states = self._critic_parts()
-        state = load_checkpoint(
-            path,
+        loaded = load_latest_checkpoint(
+            self.out,
+            log=self.log,
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             modules=modules,
             extra_states=extra_states,
         )
+        if loaded is None:
+            return False
+        path, state = loaded
         self.load_trainer_state(state)
+        self._saved_step = self.step
         self.log(f"resumed from {path} at step {self.step}")
         return True
 
-    def run(self, *, resume: bool = False) -> RunResult:
+    def _prepare_run_dir(self, *, resume: bool, overwrite: bool, force_resume: bool) -> None:
+        """Rank 0 checks the run directory (:func:`rlvr.training.run_dir.prepare_run_dir`) and every
+        rank gets its verdict, so that all of them start or all of them raise the same error."""
+        from rlvr.training.run_dir import prepare_run_dir
+
+        verdict: tuple[str, Any] = ("start", [])
+        if rank() == 0:
+            try:
+                notes = prepare_run_dir(
+                    self.out,
+                    to_dict(self.config),
+                    resume=resume,
+                    overwrite=overwrite,
+                    force_resume=force_resume,
+                )
+                verdict = ("start", notes)
+            except (ConfigError, OSError) as err:  # an OSError too: the other ranks wait for the verdict
+                verdict = ("refuse", str(err))
+        kind, value = broadcast_object(verdict)  # type: ignore[misc]
+        if kind == "refuse":
+            raise ConfigError(value)
+        for note in value:
+            self.log(note)
+
+    def run(self, *, resume: bool = False, overwrite: bool = False, force_resume: bool = False) -> RunResult:
+        """Train from step 0, or with ``resume`` from the latest checkpoint; see :func:`train`."""
         from rlvr.logging import ConsoleProgress, MetricsLogger
+        from rlvr.training.run_dir import write_config
 
         c = self.config
+        resume = resume or force_resume
+        self._prepare_run_dir(resume=resume, overwrite=overwrite, force_resume=force_resume)
         resumed = self.resume() if resume else False
         if rank() == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(to_dict(c), indent=2, default=str) + "\n")
+            write_config(self.out, to_dict(c))
         total, trainable = count_parameters(self.model)
         per_step = c.rollout.prompts_per_step * c.rollout.samples_per_prompt
         self.log(
@@ -522,7 +575,7 @@ class Trainer:
             self.log(
                 f"held-out accuracy before training: {eval_before.get('eval/accuracy', float('nan')):.1%}"
             )
-            logger.log(0, eval_before)
+            logger.log(0, {**eval_before, "data/skipped_rows": float(len(self.task.skipped_rows))})
             if rank() == 0:
                 (self.out / "eval_before.json").write_text(json.dumps(eval_before) + "\n")
             self._keep_best(eval_before)
@@ -531,43 +584,71 @@ class Trainer:
             self.save()  # a resumed run starts after it
         progress = ConsoleProgress(c.training.steps, start_step=self.step, every=c.logging.log_every)
         previous = signal.signal(signal.SIGINT, self._request_stop)
-        interrupted = False
-        try:
-            while self.step < c.training.steps:
-                metrics = self.train_step(self.step)
-                self.step += 1
-                if c.eval.every and self.step % c.eval.every == 0 and self.step < c.training.steps:
-                    evaluation = self.evaluate()
-                    self._keep_best(evaluation)
-                    metrics.update(evaluation)
-                logger.log(self.step, metrics)
-                progress.update(
-                    self.step, metrics, {k: v for k, v in metrics.items() if k.startswith("time/")}
-                )
-                if c.logging.sample_every and self.step % c.logging.sample_every == 0:
-                    with self.parallel.gathered(self.model):  # generation runs no collective
-                        samples = self._samples() if rank() == 0 else []
-                    logger.log_samples(self.step, samples)
-                if c.checkpoint.every and self.step % c.checkpoint.every == 0:
-                    self.save()
-                if self._stop_requested:
-                    interrupted = True
-                    self.log(f"interrupted: saving a checkpoint at step {self.step}")
-                    self.save()
-                    break
-        finally:
-            signal.signal(signal.SIGINT, previous)
         eval_after: dict[str, float] = {}
-        if not interrupted:
-            eval_after = self.evaluate()
-            logger.log(self.step, eval_after)
-            self._keep_best(eval_after)
-            self.save()
-            state = export_state(self.model)  # every rank: gathering a sharded model is collective
-            if rank() == 0:
-                save_model_dir(self.model, self.tokenizer, self.out / "final", state_dict=state)
+        try:
+            interrupted = self._train_steps(logger, progress)
+            if not interrupted:
+                if self._saved_step != self.step:  # saved before the final evaluation, which may be long
+                    self.save()
+                interrupted = self._stop_agreed()  # a Ctrl-C during that save stops here
+                if interrupted:
+                    self.log(f"interrupted: the state at step {self.step} is saved")
+            if not interrupted:
+                self._stop_at_once = True  # nothing is left unsaved: a Ctrl-C from now on stops at once
+                eval_after = self._finish(logger)
+        except KeyboardInterrupt:
+            if not self._stop_at_once:
+                raise
+            interrupted = True
+            self.log(
+                f"interrupted after training: the state at step {self.step} is saved; --resume runs the "
+                "final evaluation and writes the final model"
+            )
+        finally:
+            self._stop_at_once = False
+            signal.signal(signal.SIGINT, previous)  # only once the run is saved
         logger.close()
         return RunResult(self.out, self.step, eval_before, eval_after, interrupted)
+
+    def _train_steps(self, logger: Any, progress: Any) -> bool:
+        """The steps up to ``training.steps``, with their evaluations, samples and checkpoints; True when
+        a Ctrl-C stopped them (after a checkpoint of the last step done)."""
+        c = self.config
+        while self.step < c.training.steps:
+            metrics = self.train_step(self.step)
+            self.step += 1
+            if c.eval.every and self.step % c.eval.every == 0 and self.step < c.training.steps:
+                evaluation = self.evaluate()
+                self._keep_best(evaluation)
+                metrics.update(evaluation)
+            logger.log(self.step, metrics)
+            progress.update(self.step, metrics, {k: v for k, v in metrics.items() if k.startswith("time/")})
+            if c.logging.sample_every and self.step % c.logging.sample_every == 0:
+                with self.parallel.gathered(self.model):  # generation runs no collective
+                    samples = self._samples() if rank() == 0 else []
+                logger.log_samples(self.step, samples)
+            if c.checkpoint.every and self.step % c.checkpoint.every == 0:
+                self.save()
+            if self._stop_agreed():
+                self.log(f"interrupted: saving a checkpoint at step {self.step}")
+                if self._saved_step != self.step:
+                    self.save()
+                return True
+        return False
+
+    def _finish(self, logger: Any) -> dict[str, float]:
+        """The final evaluation and the final model (``RUN_DIR/final``); returns the evaluation."""
+        eval_after = self.evaluate()
+        logger.log(self.step, eval_after)
+        self._keep_best(eval_after)
+        state = export_state(self.model)  # every rank: gathering a sharded model is collective
+        if rank() == 0:
+            save_model_dir(self.model, self.tokenizer, self.out / "final", state_dict=state)
+        return eval_after
+
+    def _stop_agreed(self) -> bool:
+        """Whether a Ctrl-C reached any rank: every rank stops at the same step (collective)."""
+        return all_reduce_max(torch.tensor(float(self._stop_requested))).item() > 0
 
     def _read_eval_before(self) -> dict[str, float]:
         path = self.out / "eval_before.json"
@@ -597,7 +678,9 @@ class Trainer:
         ]
 
     def _request_stop(self, signum: int, frame: Any) -> None:
-        if self._stop_requested:  # a second Ctrl-C stops at once
+        """SIGINT: stop after the step in progress and save; a second one, or one once the final state is
+        saved, stops at once."""
+        if self._stop_requested or self._stop_at_once:
             raise KeyboardInterrupt
         self._stop_requested = True
 
@@ -630,6 +713,23 @@ def _peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def train(config: Config, *, resume: bool = False, log: Any = print) -> RunResult:
-    """Train with ``config``; with ``resume``, continue from the run directory's latest checkpoint."""
-    return Trainer(config, log=log).run(resume=resume)
+def train(
+    config: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    force_resume: bool = False,
+    log: Any = print,
+    task: Task | None = None,
+) -> RunResult:
+    """Train with ``config`` in the run directory ``logging.output_dir``, which must be new or empty.
+
+    With ``resume``, continue from the run directory's latest intact checkpoint (the settings of
+    :data:`rlvr.training.run_dir.SAFE_TO_CHANGE_ON_RESUME` may differ from the saved config, others
+    only with ``force_resume``, which implies ``resume``); with ``overwrite``, delete the run the
+    directory holds and start again. The command line's ``--resume``, ``--force-resume`` and
+    ``--overwrite`` set them. ``task``: the task already built from ``config`` (None builds it).
+    """
+    return Trainer(config, log=log, task=task).run(
+        resume=resume, overwrite=overwrite, force_resume=force_resume
+    )
