@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rlvr.cli import main
-from rlvr.errors import DataError
+from rlvr.errors import ConfigError, DataError
 from rlvr.evaluation.config import load_eval_config
 from rlvr.evaluation.run import run_evaluation
 
@@ -119,3 +119,47 @@ def test_nested_completion_field_and_errors(tmp_path):
 def test_cli_completions(tmp_path, capsys):
     assert main(["eval", "--completions", str(QWEN), "--output", str(tmp_path), "--num-problems", "5"]) == 0
     assert "avg@8" in capsys.readouterr().out
+
+
+def test_last_number_extraction_for_outputs_without_a_marked_answer(tmp_path):
+    # GPT-3's GSM8K solutions (grade-school-math) end "A: n", with no box or "the answer is"
+    data = tmp_path / "gpt3.jsonl"
+    rows = [
+        {"question": "q1", "answer": "3", "response": "1+2 = <<1+2=3>>3 bolts in total\nA: 3"},
+        {"question": "q2", "answer": "18", "response": "9 * 2 = <<9*2=18>>18 dollars\nA: 17"},
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    flags = {"completions": str(data), "output_dir": str(tmp_path / "a")}
+    default = run_evaluation(load_eval_config(flags=flags), log=quiet)["completions"]["benchmarks"]["gpt3"]
+    assert default["avg@1"] == 0.0 and default["no_answer_rate"] == 1.0  # no credit without an answer
+    flags["output_dir"] = str(tmp_path / "b")
+    result = run_evaluation(load_eval_config(None, ["extraction=last_number"], flags), log=quiet)[
+        "completions"
+    ]
+    assert result["benchmarks"]["gpt3"]["avg@1"] == 0.5
+    assert result["settings"]["extraction"] == "last_number"
+    records = [
+        json.loads(line) for line in (tmp_path / "b" / "samples" / "gpt3.jsonl").read_text().splitlines()
+    ]
+    assert [r["answer"] for r in records] == ["3", "17"]
+    assert (
+        main(
+            [
+                "eval",
+                "--completions",
+                str(data),
+                "--output",
+                str(tmp_path / "c"),
+                "--extraction",
+                "last_number",
+            ]
+        )
+        == 0
+    )
+
+
+def test_last_number_extraction_needs_completions():
+    with pytest.raises(ConfigError, match="needs --completions"):
+        load_eval_config(None, ["extraction=last_number"])
+    with pytest.raises(ConfigError, match="extraction"):
+        load_eval_config(None, ["extraction=first_number"], {"completions": "x.jsonl"})

@@ -151,3 +151,53 @@ def test_extraction_is_linear_on_adversarial_text() -> None:
     assert extract_answer("\\boxed{}, " * 20_000) is None
     assert text_of("the answer is " * 20_000 + "1.") == "1"
     assert time.perf_counter() - start < 2.0
+
+
+# -- several boxes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("\\boxed{7}\n\\boxed{8}", "8"),  # a line break does not join boxes: the last one counts
+        ("\\boxed{7} \\boxed{8}", "8"),
+        ("$\\boxed{7}$\n\n$\\boxed{8}$", "8"),
+        ("\\boxed{7} \\quad \\boxed{8}", "8"),  # spacing is not a separator
+        ("\\boxed{2}, \\boxed{3}", "2, 3"),  # the documented separators still join
+        ("\\boxed{2}; \\boxed{3}", "2, 3"),
+        ("\\boxed{2} and \\boxed{3}", "2, 3"),
+        ("\\boxed{2} \\text{ or } \\boxed{3}", "2, 3"),
+    ],
+)
+def test_only_a_comma_semicolon_and_or_joins_boxes(completion: str, expected: str) -> None:
+    assert last_boxed(completion) == expected
+
+
+# -- the last-number fallback (evaluation of other programs' outputs only) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        # GPT-3's GSM8K solutions (grade-school-math example_model_solutions.jsonl) end "A: n"
+        ("so it takes 1+2 = <<1+2=3>>3 bolts in total\nA: 3", "3"),
+        ("She makes 9 * 2 = $<<9*2=18>>18 every day.\nA: 1,250", "1250"),
+        # ToRA's outputs without a box end in a sentence; its last number may not be the answer
+        ("```output\n60.0\n```\n60% of the students enrolled in hip-hop dance.", "60"),
+        ("5 cars drove through the traffic jam in the first 15 minutes.", "15"),
+        ("the temperature fell to \u22124.5 degrees", "-4.5"),
+        ("x = .75", ".75"),
+    ],
+)
+def test_last_number_fallback(completion: str, expected: str) -> None:
+    found = extract_answer(completion, fallback="last_number")
+    assert found is not None and (found.text, found.slot) == (expected, "last_number")
+    assert extract_answer(completion) is None  # the default: no answer, never the last number
+
+
+def test_last_number_fallback_only_without_any_slot() -> None:
+    assert text_of("1 + 1 = 2, so \\boxed{3} ... 4", fallback="last_number") == "3"
+    assert text_of("it is 5. \\boxed{}", fallback="last_number") is None  # an empty slot stays empty
+    assert text_of("no number here", fallback="last_number") is None
+    with pytest.raises(ValueError, match="unknown extraction fallback"):
+        extract_answer("1", fallback="first_number")  # type: ignore[arg-type]

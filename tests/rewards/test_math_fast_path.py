@@ -6,7 +6,15 @@ from fractions import Fraction
 
 import pytest
 
-from rlvr.rewards.fast_path import clock_time, normalize_text, plain_number, quick_verdict, same_time
+from rlvr.rewards.fast_path import (
+    align_choices,
+    canonical_form,
+    clock_time,
+    normalize_text,
+    plain_number,
+    quick_verdict,
+    same_time,
+)
 
 
 @pytest.mark.parametrize(
@@ -94,3 +102,106 @@ def test_clock_times() -> None:
     assert clock_time("12:00am") == (12, 0, "am")
     assert clock_time("13:00pm") is None
     assert same_time((12, 0, "am"), (0, 0, None))
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("2\\frac{1}{2}", Fraction(5, 2)),  # mixed numbers, as MATH writes them
+        ("-1\\frac{3}{4}", Fraction(-7, 4)),
+        ("33\\frac13", Fraction(100, 3)),
+        ("\\frac13", Fraction(1, 3)),
+        ("6.02\\times10^{23}", Fraction(602) * 10**21),  # scientific notation, exact
+        ("1.5 \\cdot 10^{-3}", Fraction(3, 2000)),
+        ("10^{3}", None),  # no mantissa: left to math-verify
+        ("2\\frac{3}{2}", None),  # not a mixed number
+        ("1\\times10^{99999}", None),  # an exponent too large for an exact rational
+    ],
+)
+def test_plain_number_forms(text: str, value: Fraction | None) -> None:
+    assert plain_number(text) == value
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold", "expected"),
+    [
+        # Percentages: p% stands for p (the gold gives the number of percent) and p/100
+        ("35.0\\%", "35", True),  # ToRA-70B on GSM8K: \boxed{35.0\%} against the gold 35
+        ("35\\%", "0.35", True),  # the gold as a fraction of one
+        ("0.35", "35\\%", True),
+        ("35", "35\\%", True),
+        ("35", "0.35", False),  # without a percent sign, 35 is not 0.35
+        ("36\\%", "35", False),
+        ("33\\%", "33\\frac{1}{3}\\%", False),  # MATH's answer style; an approximation is wrong
+        ("33\\frac13\\%", "33\\frac{1}{3}\\%", True),
+        ("\\frac{100}{3}\\%", "33\\frac{1}{3}\\%", True),
+        ("33.\\overline{3}\\%", "33\\frac{1}{3}\\%", True),
+        # Repeating decimals are exact fractions
+        ("0.\\overline{3}", "\\frac{1}{3}", True),
+        ("0.1\\overline{6}", "\\frac16", True),
+        ("1.\\overline{142857}", "\\frac{8}{7}", True),
+        ("0.\\overline{3}", "0.3", False),
+        ("0.333", "\\frac{1}{3}", False),
+        # Scientific notation against exact integers, exactly
+        ("6.02\\times10^{23}", "602000000000000000000000", True),
+        ("6.02\\times 10^{23}", "602000000000000000000001", False),
+        ("4.5 \\times 10^{33}", "4.5e33", True),  # Minerva writes golds in e-notation
+        ("4.49 \\times 10^{33}", "4.5e33", False),
+        # Approximations of exact golds are wrong
+        ("2.5", "2\\frac{1}{2}", True),
+        ("2.50001", "2\\frac{1}{2}", False),
+    ],
+)
+def test_quick_verdict_numbers(answer: str, gold: str, expected: bool) -> None:
+    assert quick_verdict(answer, gold) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.\\overline{3}", "\\frac{1}{3}"),
+        ("x = 0.1\\overline{6}", "x = \\frac{1}{6}"),
+        ("\\overline{AB}", "\\overline{AB}"),  # a segment, not a repeating decimal
+        ("\\varnothing", "\\emptyset"),
+        ("\\{\\}", "\\emptyset"),
+        ("\\left\\{ \\right\\}", "\\emptyset"),
+        ("\\text{12 cm}", "12\\text{ cm}"),
+        ("\\text{ 3.5 square units}", "3.5\\text{ square units}"),
+        ("\\text{4:30 p.m.}", "\\text{4:30 p.m.}"),  # a time stays whole
+        ("\\text{5 and 6}", "\\text{5 and 6}"),  # not a quantity with a unit
+        ("1e-5", "1\\times10^{-5}"),
+        ("e^{2}", "e^{2}"),
+    ],
+)
+def test_canonical_form(text: str, expected: str) -> None:
+    assert canonical_form(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold", "expected"),
+    [
+        ("\\textbf{(B)}\\ 12", "12", ("12", "12")),  # AMC style: the letter and the value
+        ("\\textbf{(B) }12", "\\text{(B)}", ("\\text{(B)}", "\\text{(B)}")),  # MATH's letter golds
+        ("(C) \\frac{1}{2}", "C", ("\\text{(C)}", "\\text{(C)}")),
+        ("\\text{(D)}~7", "\\text{(B)}", ("\\text{(D)}", "\\text{(B)}")),
+        ("12", "\\textbf{(B)}\\ 12", ("12", "12")),  # roles swapped
+        ("\\text{(B)}", "\\text{(B)}", ("\\text{(B)}", "\\text{(B)}")),  # nothing to align
+        ("(1, 2)", "(1,2)", ("(1, 2)", "(1,2)")),
+    ],
+)
+def test_align_choices(answer: str, gold: str, expected: tuple[str, str]) -> None:
+    assert align_choices(answer, gold) == expected
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold", "expected"),
+    [
+        ("\\textbf{(B)}\\ 12", "12", True),
+        ("\\textbf{(B)}\\ 12", "13", False),
+        ("\\textbf{(B)}\\ 12", "\\text{(B)}", True),
+        ("\\varnothing", "\\emptyset", True),
+        ("\\{\\}", "\\varnothing", True),
+    ],
+)
+def test_quick_verdict_after_rewriting(answer: str, gold: str, expected: bool) -> None:
+    assert quick_verdict(answer, gold) is expected

@@ -13,11 +13,13 @@ Two layouts are read:
 
 Completions from a file carry no token counts, so lengths are in characters and no completion is
 known to be truncated. ``formatted`` is read against the template (qwen_boxed, i.e. ``\\boxed{}``,
-unless ``template`` is set).
+unless ``template`` is set). ``extraction=last_number`` grades the last number of a completion that
+marks no final answer, as the Qwen2.5-Math evaluation harness does.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,11 @@ def rescore_file(config: EvalRunConfig, log: Any = print) -> dict[str, Any]:
         raise DataError(f"{path}: no rows")
     template = config.template or "qwen_boxed"
     rewards = math_rewards(grade_truncated=True, timeout_s=config.timeout_s)
+    if config.extraction == "last_number":
+        rewards = tuple(
+            replace(spec, params={**spec.params, "fallback": "last_number"}) if spec.name == "math" else spec
+            for spec in rewards
+        )
     own = isinstance(rows[0][1], dict) and OWN_FIELDS <= set(rows[0][1])
     sets = _own_sets(rows, template, rewards) if own else _file_set(path, rows, config, template, rewards)
     out = Path(config.output_dir) if config.output_dir else Path("runs") / "eval" / path.stem
@@ -139,6 +146,7 @@ def rescore_file(config: EvalRunConfig, log: Any = print) -> dict[str, Any]:
             "max_new_tokens": None,
             "seed": None,
             "length_unit": "characters",
+            "extraction": config.extraction,
         },
         "benchmarks": benchmarks,
         "macro": macro_average(benchmarks),

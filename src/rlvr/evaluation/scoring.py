@@ -3,8 +3,9 @@
 One record (a JSON object, one line of ``samples/<benchmark>.jsonl``) per completion::
 
     benchmark, index (the problem's position in the set), id, sample (0..n-1), prompt, completion,
-    answer (the extracted final answer, or null), gold, correct, outcome (correct | wrong | no_answer),
-    formatted, truncated, length (completion tokens), meta (level, subject, ...)
+    answer (the extracted final answer, or null), gold, correct, outcome (correct | wrong |
+    no_answer | timeout: a check over its limit twice, graded wrong), formatted, truncated, length
+    (completion tokens), meta (level, subject, ...)
 
 ``formatted``: the completion puts its answer where the template asks (``<answer>`` tags for the
 R1 templates, ``\\boxed{}`` for qwen_boxed); for a template without an answer slot, that an answer

@@ -87,6 +87,7 @@ def summarize(
     result["format_rate"] = _mean([float(r["formatted"]) for r in flat])
     result["truncation_rate"] = _mean([float(r["truncated"]) for r in flat])
     result["no_answer_rate"] = _mean([float(r["outcome"] == "no_answer") for r in flat])
+    result["timeout_rate"] = _mean([float(r["outcome"] == "timeout") for r in flat])  # graded as wrong
     for field in breakdown:
         table: dict[str, dict[str, float]] = {}
         values = sorted({str(s[0]["meta"].get(field)) for s in problems})

@@ -11,9 +11,13 @@ in the training process; :mod:`rlvr.rewards.math` names it for the pool.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from math_verify import verify
+from sympy import Basic, Float, Rational
+from sympy.matrices import MatrixBase
 
+from rlvr.rewards.fast_path import prepare_pair, quick_verdict
 from rlvr.rewards.math import parse_math, parsed_gold
 
 _WARM_UP = (
@@ -32,20 +36,46 @@ _WARM_UP = (
     ("\\text{(A)}", "A"),
     ("\\frac{\\pi}{2}", "90^\\circ"),
     ("\\infty", "(-\\infty, 3]"),
+    ("1.5", "\\sqrt{2}"),
 )
+
+
+def exact_decimals(parsed: Any) -> Any:
+    """``parsed`` (one item of a math-verify parse) with every float replaced by the exact rational
+    its digits write (``1.4142136`` is 14142136/10^7), so that math-verify compares values exactly.
+
+    math-verify otherwise rounds both sides to 6 decimal places when either is a float, which
+    accepts ``1.4142136`` for ``\\sqrt{2}`` and ``0.333333`` for ``\\frac{1}{3}``: approximations that
+    the tolerance policy of docs/rewards.md rejects. Strings pass through unchanged.
+    """
+    if not isinstance(parsed, (Basic, MatrixBase)):
+        return parsed
+    floats = parsed.atoms(Float)
+    if not floats:
+        return parsed
+    return parsed.xreplace({f: Rational(str(f)) for f in floats})
 
 
 def verify_answer(answer: str, gold: str) -> bool:
     """math-verify's verdict on ``answer`` against ``gold``, its own timeouts disabled.
 
-    Both sides are parsed inside ``$...$`` (:func:`rlvr.rewards.math.as_latex`); parsed golds are
-    cached (the samples of one prompt share a gold). A gold that does not parse raises DataError.
+    The fast path's rules come first (:func:`rlvr.rewards.fast_path.quick_verdict`: a pair of plain
+    numbers, such as a percentage of a mixed number, is decided by them, which math-verify misreads),
+    so a pair gets the same verdict whichever stage decides it. Otherwise the pair is rewritten as the
+    fast path rewrites it (:func:`rlvr.rewards.fast_path.prepare_pair`), both sides are parsed inside ``$...$``
+    (:func:`rlvr.rewards.math.as_latex`) and their decimals made exact (:func:`exact_decimals`).
+    Parsed golds are cached (the samples of one prompt share a gold). A gold that does not parse
+    raises DataError.
     """
-    gold_parsed = parsed_gold(gold)
-    answer_parsed = parse_math(answer)
+    verdict = quick_verdict(answer, gold)
+    if verdict is not None:
+        return verdict
+    answer, gold = prepare_pair(answer, gold)
+    gold_parsed = [exact_decimals(g) for g in parsed_gold(gold)]
+    answer_parsed = [exact_decimals(a) for a in parse_math(answer)]
     if not answer_parsed:
         return False
-    return bool(verify(list(gold_parsed), answer_parsed, timeout_seconds=None))
+    return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None))
 
 
 def _warm_up() -> None:

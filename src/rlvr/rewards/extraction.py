@@ -7,13 +7,16 @@ A completion can mark its final answer in four ways; when several are present, t
    A ``\\boxed{}`` inside the block is unwrapped; "the answer is ..." inside it is cut out.
 2. ``boxed``: the last ``\\boxed{...}`` or ``\\fbox{...}`` (Qwen2.5-Math / MATH convention), with
    nested braces (``\\boxed{\\frac{1}{2}}``), escaped braces (``\\boxed{\\{1, 2\\}}``) and the
-   brace-less form ``\\boxed 5``. Boxes separated only by a comma, "and" or "or"
-   (``\\boxed{2}, \\boxed{3}``) are one answer, joined with commas (``2, 3``).
+   brace-less form ``\\boxed 5``. Boxes separated by a comma, a semicolon, "and" or "or"
+   (``\\boxed{2}, \\boxed{3}``) are one answer, joined with commas (``2, 3``); boxes separated
+   by nothing but space or line breaks are separate answers, and the last one counts.
 3. ``hash``: the text after the last ``#### `` (GSM8K reference solutions).
 4. ``answer_is``: the text after the last "the answer is", "final answer is" or "final answer:"
    (case-insensitive), up to the end of its sentence; a leading ``$...$`` is taken alone.
 
-If none is present there is **no answer**: rlvr never falls back to the last number of the text.
+If none is present there is **no answer**: rlvr never falls back to the last number of the text,
+except when asked to (``fallback="last_number"``), which evaluation offers for re-scoring other
+programs' outputs the way their harnesses did; training never uses it.
 If the deciding slot is present but empty (``\\boxed{}``, ``<answer> </answer>``, an unclosed
 ``\\boxed{`` at a cut-off end) there is also no answer: an earlier slot is not consulted.
 
@@ -39,6 +42,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 AnswerSlot = Literal["answer_tag", "boxed", "hash", "answer_is"]
+Fallback = Literal["none", "last_number"]
+FALLBACKS: tuple[Fallback, ...] = ("none", "last_number")
+"""What :func:`extract_answer` reads when no slot is present: nothing, or the last number."""
 PRIORITY: tuple[AnswerSlot, ...] = ("answer_tag", "boxed", "hash", "answer_is")
 """The order in which the slots are consulted when not in strict mode."""
 
@@ -46,8 +52,10 @@ ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
 # \boxed or \fbox not followed by another letter (\boxedx is a different macro).
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-# Between two boxes that form one answer: only spaces, $ signs, and one comma / "and" / "or" / ";".
-_BOX_SEPARATOR = re.compile(r"[\s$]*(?:,|;|and|or|\\text\{\s*(?:and|or)\s*\}|\\quad)?[\s$]*")
+# Between two boxes that form one answer: spaces, $ signs, and exactly one comma / ";" / "and" / "or".
+_BOX_SEPARATOR = re.compile(r"[\s$]*(?:,|;|and|or|\\text\{\s*(?:and|or)\s*\})[\s$]*")
+# A number in running text: an integer (commas only in groups of three) or a decimal, with its sign.
+_TEXT_NUMBER = re.compile(r"(?<![\d.])[-\u2212]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
 _HASH = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?", re.IGNORECASE)
 # End of the sentence after "the answer is": a period, ! or ? followed by a space or the end, or a newline.
@@ -61,7 +69,7 @@ class Extraction:
     """A final answer found in a completion: its text and the slot it came from."""
 
     text: str
-    slot: AnswerSlot
+    slot: AnswerSlot | Literal["last_number"]
 
 
 def _braced(text: str, open_index: int) -> str | None:
@@ -107,13 +115,16 @@ def _box_argument(text: str, macro_end: int) -> tuple[str | None, int]:
 def last_boxed(text: str) -> str | None:
     """The content of the last ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``; None if there is none.
 
-    Consecutive boxes separated only by a comma, "and" or "or" are joined with ", ". An empty box
-    or one left unclosed (a cut-off completion) gives "".
+    Consecutive boxes separated by a comma, a semicolon, "and" or "or" are joined with ", "; boxes
+    separated only by space or line breaks are not (the last one is the answer). An empty box or
+    one left unclosed (a cut-off completion) gives "".
 
     >>> last_boxed("x = \\\\boxed{\\\\frac{a}{b}}.")
     '\\\\frac{a}{b}'
     >>> last_boxed("\\\\boxed{2} and \\\\boxed{3}")
     '2, 3'
+    >>> last_boxed("\\\\boxed{7}\\n\\\\boxed{8}")
+    '8'
     >>> last_boxed("\\\\boxed 5$.")
     '5'
     """
@@ -178,6 +189,21 @@ def _answer_is(text: str) -> str | None:
     return rest[: end.start()] if end else rest
 
 
+def last_number(text: str) -> str | None:
+    """The last number written in ``text`` (thousands commas removed), or None if there is none.
+
+    This is the fallback of the Qwen2.5-Math evaluation harness for a completion without a boxed or
+    "the answer is" answer; rlvr uses it only when asked to (``fallback="last_number"``).
+
+    >>> last_number("5 cars drove through in the first 15 minutes."), last_number("A: 1,250")
+    ('15', '1250')
+    >>> last_number("no digits") is None
+    True
+    """
+    found = _last_match(_TEXT_NUMBER, text)
+    return found.group(0).replace(",", "").replace("\u2212", "-") if found else None
+
+
 def clean_answer(text: str) -> str:
     """Strip what surrounds an answer but is not part of it: spaces, one enclosing math delimiter
     pair (``$x$``, ``\\(x\\)``, ``\\[x\\]``), a trailing period or comma.
@@ -223,19 +249,30 @@ def extract_answer(
     strict: bool = False,
     slot: AnswerSlot = "boxed",
     allow_unclosed_tag: bool = False,
+    fallback: Fallback = "none",
 ) -> Extraction | None:
     """The final answer of ``completion``, or None when it has none (see the module docstring).
 
     ``strict=True`` reads only ``slot``; otherwise the slots are consulted in :data:`PRIORITY`
     order and the first one present decides. The returned text is cleaned by :func:`clean_answer`
-    and never empty.
+    and never empty. ``fallback="last_number"`` takes the last number of the completion when no
+    slot is present at all (slot ``"last_number"``); an empty slot is still no answer.
+
+    >>> extract_answer("A: 3", fallback="last_number")
+    Extraction(text='3', slot='last_number')
     """
     if slot not in PRIORITY:
         raise ValueError(f"unknown answer slot '{slot}' (valid: {', '.join(PRIORITY)})")
+    if fallback not in FALLBACKS:
+        raise ValueError(f"unknown extraction fallback '{fallback}' (valid: {', '.join(FALLBACKS)})")
     for candidate in (slot,) if strict else PRIORITY:
         raw = _from_slot(completion, candidate, allow_unclosed_tag)
         if raw is None:
             continue
         text = clean_answer(raw)
         return Extraction(text, candidate) if text else None
+    if fallback == "last_number":
+        number = last_number(completion)
+        if number is not None:
+            return Extraction(number, "last_number")
     return None
