@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from rlvr.errors import DataError
 from rlvr.rewards.base import REWARDS, RewardBatch
 from rlvr.rewards.code import code_reward, code_tests, extract_program, python_blocks
 from rlvr.rewards.composite import CompositeReward
+from rlvr.rewards.sandbox import SandboxError
 from rlvr.tasks.base import Problem, RewardSpec
 
 GOOD = "def square(x):\n    return x * x\n"
@@ -131,6 +134,7 @@ def test_scores_outcomes_and_metrics():
     assert m["no_code"] == pytest.approx(1 / 5)
     assert m["blocked"] == pytest.approx(1 / 5) and m["errors"] == pytest.approx(1 / 5)
     assert m["timeouts"] == 0.0 and m["memory"] == 0.0 and m["output_limits"] == 0.0
+    assert m["retried"] == 0.0
     assert m["sandbox_runs"] == pytest.approx(3 / 5)  # GOOD, HALF and the socket program
     assert m["duration_s"] > 0
 
@@ -149,10 +153,33 @@ def test_a_program_that_loops_or_exits_early_scores_zero():
     batch = RewardBatch(completions=[loops, exits, allocates], problems=[PROBLEM] * 3)
     result = code_reward(batch, timeout_s=1.0, partial_credit=True)
     assert result.values == [0.0, 0.0, 0.0]
-    assert result.outcomes == ["wrong", "wrong", "wrong"]
+    assert result.correct == [False, False, False]
+    assert result.outcomes == ["timeout", "wrong", "wrong"]  # the loop timed out twice: 1 s, then 2 s
     assert result.metrics["timeouts"] == pytest.approx(1 / 3)
+    assert result.metrics["retried"] == pytest.approx(1 / 3)
     assert result.metrics["memory"] == pytest.approx(1 / 3)
     assert result.metrics["errors"] == pytest.approx(1 / 3)
+
+
+def test_a_slow_correct_program_is_run_again_before_it_is_scored():
+    # 1.5 s of start-up work under a 1 s limit (what load does to a correct program): run again
+    # with the retry limit, it passes and is correct, and the second run is counted.
+    slow = r1("import time\ntime.sleep(1.5)\n" + GOOD)
+    batch = RewardBatch(completions=[slow, r1(GOOD)], problems=[PROBLEM] * 2)
+    result = code_reward(batch, timeout_s=1.0, retry_timeout_s=10.0)
+    assert result.outcomes == ["correct", "correct"] and result.values == [1.0, 1.0]
+    assert result.metrics["retried"] == pytest.approx(1 / 2)
+    assert result.metrics["timeouts"] == 0.0
+
+
+def test_a_sandbox_that_cannot_start_is_an_error_not_zero_rewards(tmp_path, monkeypatch):
+    python = tmp_path / "python3"
+    python.write_text("#!/bin/sh\necho 'unshare: Operation not permitted' >&2\nexit 1\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(python))  # the interpreter the sandbox runs
+    batch = RewardBatch(completions=[r1(GOOD), r1(HALF)], problems=[PROBLEM] * 2)
+    with pytest.raises(SandboxError, match="self-check.*unshare: Operation not permitted"):
+        code_reward(batch)
 
 
 def test_the_entry_point_is_required():

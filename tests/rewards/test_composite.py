@@ -326,3 +326,22 @@ def test_with_the_math_verifier():
     assert result.correct == [True, False]
     assert result.metrics["reward/accuracy"] == 0.5
     assert result.metrics["reward/kimi_length"] == 0.0  # equal lengths: lambda = 0
+
+
+def test_a_timed_out_check_is_its_own_outcome_in_the_metrics():
+    # A real sandbox: the looping program's check runs out of time twice (0.5 s, then 1 s). It
+    # scores like a wrong answer, is not correct, and is counted as a timeout, not as wrong.
+    square = "def square(x):\n    return x * x\n"
+    problem = Problem(id="sq", question="Square x.", answer={"tests": ["assert square(3) == 9"]})
+    completions = [f"```python\n{square}```", f"```python\n{square}while True:\n    pass\n```", "none"]
+    batch = RewardBatch(completions=completions, problems=[problem] * 3)
+    reward = CompositeReward([RewardSpec("code", params={"timeout_s": 0.5, "retry_timeout_s": 1.0})])
+    result = reward(batch)
+    assert result.outcomes == ["correct", "timeout", "no_answer"]
+    assert result.values == [1.0, 0.0, 0.0] and result.correct == [True, False, False]
+    m = result.metrics
+    assert m["reward/outcome/timeout"] == pytest.approx(1 / 3)
+    assert m["reward/outcome/wrong"] == 0.0 and m["reward/accuracy"] == pytest.approx(1 / 3)
+    assert m["reward/code/timeouts"] == pytest.approx(1 / 3) and m["reward/code/retried"] == pytest.approx(
+        1 / 3
+    )

@@ -219,16 +219,18 @@ def test_hostile_answers_time_out_while_a_batch_of_512_is_graded(
     # Both hostile answers land in the first chunk of one worker (work stealing spreads them).
     result = math_reward(batch_of(HOSTILE[:2] + completions, ["5", "5"] + golds), timeout_s=1.0)
     elapsed = time.monotonic() - start
-    assert result.outcomes == ["wrong", "wrong"] + normal.outcomes
-    assert result.metrics["reward/timeouts"] == 2.0
+    assert result.outcomes == ["timeout", "timeout"] + normal.outcomes
+    assert result.values[:2] == [0.0, 0.0]
+    assert result.metrics["reward/timeouts"] == 2.0 and result.metrics["reward/retried"] >= 2.0
     assert fired == [signal.SIGALRM]
-    # 512 completions: one limit (two hung items, two workers) plus the normal work, plus slack for
-    # restarting two workers on a loaded machine.
-    assert elapsed < 1.0 + normal_work + 2.0, (elapsed, normal_work)
+    # Left alone, the hostile answers would run for hours; the batch ends after about one limit and
+    # one retry limit (two hung items, two workers) plus the normal work. The bound is loose enough
+    # for a loaded machine restarting its workers: it proves the hung checks were cut, not how fast.
+    assert elapsed < 1.0 + 2.0 + 2 * normal_work + 15.0, (elapsed, normal_work)
     assert pids_before - set(pool.pids())  # workers were killed and replaced
     # The batch after the kills is graded normally; a third hostile answer is one more timeout.
     again = math_reward(batch_of([HOSTILE[2], "\\boxed{0.5}"], ["5", "\\frac12"]), timeout_s=1.0)
-    assert again.outcomes == ["wrong", "correct"]
+    assert again.outcomes == ["timeout", "correct"]
     assert again.metrics["reward/timeouts"] == 1.0
 
 
@@ -238,9 +240,12 @@ def test_timeouts_with_more_hostile_answers_than_workers(pool: GradingPool) -> N
     result = math_reward(
         batch_of(normal[:20] + HOSTILE + normal[20:], golds[:20] + ["5"] * 3 + golds[20:]), timeout_s=0.5
     )
-    assert result.outcomes[20:23] == ["wrong"] * 3
+    assert result.outcomes[20:23] == ["timeout"] * 3
     assert result.outcomes[:20] + result.outcomes[23:] == ["correct", "correct", "correct", "wrong"] * 10
     assert result.metrics["reward/timeouts"] == 3.0
+    # The hung checks ran twice; an ordinary check that overruns 0.5 s on a loaded machine is run
+    # again with 1 s instead of being scored, which is why the outcomes above hold under load.
+    assert result.metrics["reward/retried"] >= 3.0
 
 
 def test_check_gold() -> None:
@@ -283,3 +288,71 @@ def test_spaced_sums_parse_through_the_whitespace_fallback():
     assert any(not isinstance(x, str) for x in parse_math("a + b + c"))
     # Text is never compacted: its spaces are part of what it says.
     assert any(not isinstance(x, str) for x in parse_math("\\text{4:30 p.m.}"))
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold", "expected"),
+    [
+        # Tolerance policy (docs/rewards.md): decimals are the exact rationals they write
+        ("1.4142136", "\\sqrt{2}", "wrong"),  # math-verify alone: correct (rounds to 6 places)
+        ("0.7071", "\\frac{\\sqrt{2}}{2}", "wrong"),
+        ("3.1416", "\\pi", "wrong"),
+        ("0.333333", "\\frac{1}{3}", "wrong"),
+        ("33\\%", "33\\frac{1}{3}\\%", "wrong"),  # math-verify alone: correct (reads the gold as 33%)
+        ("x = 0.5", "\\frac{1}{2}", "correct"),  # an exact decimal is exact
+        ("(0.5, 2)", "\\left(\\frac{1}{2}, 2\\right)", "correct"),
+        ("1.5\\sqrt{2}", "\\frac{3\\sqrt{2}}{2}", "correct"),
+        ("1.5\\sqrt{2}", "\\frac{3\\sqrt{2}}{2} + 10^{-7}", "wrong"),
+        # Forms math-verify misreads, in the answer styles of the datasets
+        ("0.\\overline{3}", "\\frac{1}{3}", "correct"),  # math-verify alone: 0
+        ("x = 0.\\overline{6}", "\\frac{2}{3}", "correct"),
+        ("\\text{12 cm}", "12", "correct"),  # math-verify alone: the symbol 12cm
+        ("\\text{12 cm}", "13", "wrong"),
+        ("\\text{12 cm}^2", "12", "correct"),
+        ("\\textbf{(B)}\\ 12", "12", "correct"),  # math-verify alone: the product B*12
+        ("\\textbf{(B)}\\ \\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", "correct"),
+        ("\\textbf{(B)}\\ 12", "\\text{(B)}", "correct"),
+        ("\\textbf{(C)}\\ 12", "\\text{(B)}", "wrong"),
+        ("6.02\\times10^{23}", "602000000000000000000000", "correct"),  # math-verify alone: wrong
+        ("6.02\\times10^{23}", "6.02 \\cdot 10^{23}", "correct"),
+        ("\\varnothing", "\\emptyset", "correct"),  # math-verify alone: the symbol varnothing
+        ("\\{\\}", "\\varnothing", "correct"),
+        ("\\emptyset", "\\{1\\}", "wrong"),
+        ("\\emptyset", "0", "wrong"),
+        ("35.0\\%", "35", "correct"),  # math-verify alone: wrong (0.35 against 35)
+    ],
+)
+def test_normalised_forms_and_tolerance(pool: GradingPool, answer: str, gold: str, expected: str) -> None:
+    assert outcomes([f"so \\boxed{{{answer}}}."], [gold]) == [expected]
+    # The same verdict when math-verify decides (the worker applies the fast path's rules first)
+    [result] = pool.map([(answer, gold)], timeout_s=10)
+    assert result.status == "ok" and result.value is (expected == "correct")
+
+
+def test_math_verify_alone_misreads_these_forms() -> None:
+    # Why the rewrites and exact decimals exist: each of these is math-verify's own verdict.
+    def alone(answer: str, gold: str) -> bool:
+        return bool(verify(parse(f"${gold}$"), parse(f"${answer}$")))
+
+    assert alone("1.4142136", "\\sqrt{2}")
+    assert alone("33\\%", "33\\frac{1}{3}\\%")
+    assert not alone("0.\\overline{3}", "\\frac{1}{3}")
+    assert not alone("\\text{12 cm}", "12")
+    assert not alone("\\textbf{(B)}\\ 12", "12")
+    assert not alone("6.02\\times10^{23}", "602000000000000000000000")
+    assert not alone("\\varnothing", "\\emptyset")
+    assert not alone("35.0\\%", "35")
+
+
+def test_last_number_fallback_is_opt_in(pool: GradingPool) -> None:
+    completions = ["so it takes 1+2 = 3 bolts in total\nA: 3", "\\boxed{4}", "no number"]
+    golds = ["3", "4", "5"]
+    assert grade_completions(completions, golds, pool=pool).outcomes == ["no_answer", "correct", "no_answer"]
+    grades = grade_completions(completions, golds, fallback="last_number", pool=pool)
+    assert grades.outcomes == ["correct", "correct", "no_answer"]
+    assert grades.answers[0] == "3"
+    with pytest.raises(ConfigError, match="fallback"):
+        grade_completions(["1"], ["1"], fallback="first", pool=pool)
+    batch = RewardBatch(completions=completions[:1], problems=[Problem("p", "q", "3")])
+    assert math_reward(batch).outcomes == ["no_answer"]  # training's default: no credit
+    assert math_reward(batch, fallback="last_number").outcomes == ["correct"]

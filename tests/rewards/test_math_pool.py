@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -62,16 +63,40 @@ def test_c_level_work_is_killed_and_the_batch_goes_on(pow_pool: GradingPool) -> 
     assert [r.value for r in pow_pool.map([(5, 2)], timeout_s=5)] == [25]  # the pool still works
 
 
-def test_two_hung_items_in_one_chunk_cost_about_one_limit(pow_pool: GradingPool) -> None:
-    # Items 0 and 1 share a chunk. Without work stealing, item 1 would start only after item 0's
-    # worker is killed (>= 2 limits in all); an idle worker takes the rest of the chunk instead.
-    items = [HANG, HANG] + [(2, 2)] * 40
-    start = time.monotonic()
-    results = pow_pool.map(items, timeout_s=1.0)
-    elapsed = time.monotonic() - start
+def mark_then_hang(path: Path) -> str:
+    """Source for ``builtins:exec`` that writes when it started (CLOCK_MONOTONIC, shared by every
+    process of the machine) to ``path``, then sleeps for ten minutes."""
+    return f"import time\nopen({str(path)!r}, 'w').write(repr(time.monotonic()))\ntime.sleep(600)\n"
+
+
+def test_two_hung_items_in_one_chunk_run_side_by_side(tmp_path: Path) -> None:
+    # Items 0 and 1 share a chunk. Without work stealing, item 1 starts only once item 0's worker
+    # has been killed, at least one limit after item 0 started; with it, an idle worker takes the
+    # rest of the chunk while item 0 still runs. Proved by the order of events, not by a duration.
+    timeout_s = 3.0
+    first, second = tmp_path / "first", tmp_path / "second"
+    items = [(mark_then_hang(first),), (mark_then_hang(second),)] + [("pass",)] * 40
+    with GradingPool("builtins:exec", num_workers=2) as pool:
+        results = pool.map(items, timeout_s=timeout_s)
     assert [r.status for r in results[:2]] == ["timeout", "timeout"]
-    assert all(r.value == 4 for r in results[2:])
-    assert elapsed < 1.9
+    assert all(r.status == "ok" for r in results[2:])
+    started = float(first.read_text()), float(second.read_text())
+    assert started[1] < started[0] + timeout_s  # item 1 ran while item 0's worker still held it
+
+
+def test_a_timed_out_item_is_run_again_with_the_longer_limit(tmp_path: Path) -> None:
+    # A check that needs 1 s, under a 0.3 s limit (what load does to an ordinary check), passes on
+    # its second run with a 5 s limit; a hung one times out twice; the others run once.
+    slow = "import time\ntime.sleep(1.0)\n"
+    items = [(slow,), (mark_then_hang(tmp_path / "hung"),)] + [("pass",)] * 10
+    with GradingPool("builtins:exec", num_workers=2) as pool:
+        results = pool.map(items, timeout_s=0.3, retry_timeout_s=5.0)
+        once = pool.map(items[:2], timeout_s=0.3)
+    assert (results[0].status, results[0].attempts) == ("ok", 2)
+    assert (results[1].status, results[1].attempts) == ("timeout", 2)
+    assert "5 s" in (results[1].error or "")
+    assert [(r.status, r.attempts) for r in results[2:]] == [("ok", 1)] * 10
+    assert [(r.status, r.attempts) for r in once] == [("timeout", 1)] * 2  # without a retry limit
 
 
 def test_more_hung_items_than_workers(pow_pool: GradingPool) -> None:
@@ -157,7 +182,11 @@ def test_bad_settings() -> None:
     with pytest.raises(ConfigError, match="module:function"):
         GradingPool("operator.add", num_workers=1)
     with GradingPool("operator:add", num_workers=1) as pool:
-        for bad in (0, -1.0, float("inf"), "5"):
+        for bad in (0, -1.0, float("inf"), "5", True):
             with pytest.raises(ConfigError, match="timeout_s"):
                 pool.map([(1, 2)], timeout_s=bad)  # type: ignore[arg-type]
+            with pytest.raises(ConfigError, match="retry_timeout_s"):
+                pool.map([(1, 2)], timeout_s=1, retry_timeout_s=bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="retry_timeout_s .* must be >= timeout_s"):
+            pool.map([(1, 2)], timeout_s=2, retry_timeout_s=1)
     assert available_cores() >= 1

@@ -16,7 +16,15 @@ import pytest
 
 from rlvr.errors import ConfigError
 from rlvr.rewards import _sandbox_child as child
-from rlvr.rewards.sandbox import SandboxConfig, SandboxJob, run_program, run_programs
+from rlvr.rewards.sandbox import (
+    WORKDIR_PREFIX,
+    SandboxConfig,
+    SandboxError,
+    SandboxJob,
+    remove_stale_workdirs,
+    run_program,
+    run_programs,
+)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox's limits are tested on Linux")
 
@@ -447,18 +455,123 @@ def test_the_sandbox_dies_with_its_caller(tmp_path):
 
 
 def test_many_programs_run_in_parallel_and_come_back_in_order():
-    loop = SandboxJob(ADD + "while True:\n    pass\n", tuple(TESTS))
+    # Each loop prints when it started; run one after another, each would start only after the
+    # previous one's 1 s limit. Proved by the order of events, not by a duration.
+    loop = SandboxJob(
+        "import time\nprint(time.monotonic(), flush=True)\n" + ADD + "while True:\n    pass\n", tuple(TESTS)
+    )
     good, bad = SandboxJob(ADD, tuple(TESTS)), SandboxJob("def add(a, b):\n    return 0\n", tuple(TESTS))
-    start = time.monotonic()
     results = run_programs([loop, good, loop, bad, loop], SandboxConfig(timeout_s=1.0), max_workers=5)
-    elapsed = time.monotonic() - start
     assert [r.status for r in results] == ["timeout", "ok", "timeout", "failed", "timeout"]
-    assert elapsed < 2.9  # three 1 s timeouts at once, not one after another
+    started = sorted(float(results[i].output) for i in (0, 2, 4))
+    assert started[-1] < started[0] + 1.0  # the last loop started before the first was stopped
 
 
-def test_a_broken_sandbox_is_reported_not_raised():
-    result = run(ADD, config=SandboxConfig(python="/nonexistent/python3"))
-    assert result.status == "error" and result.detail.startswith("sandbox failure")
+def test_a_program_that_times_out_is_run_again_with_the_longer_limit():
+    # 1.5 s of work under a 0.5 s limit (what load does to a correct program) passes on its second
+    # run with 15 s; a program that never ends times out twice; the others run once.
+    slow = SandboxJob("import time\ntime.sleep(1.5)\n" + ADD, tuple(TESTS))
+    hung = SandboxJob(ADD + "import time\nwhile True:\n    time.sleep(1)\n", tuple(TESTS))
+    good = SandboxJob(ADD, tuple(TESTS))
+    config = SandboxConfig(timeout_s=0.5)
+    results = run_programs([slow, hung, good], config, max_workers=3, retry_timeout_s=3.0)
+    assert [(r.status, r.attempts) for r in results] == [("ok", 2), ("timeout", 2), ("ok", 1)]
+    assert "3 s" in results[1].detail
+    once = run_programs([slow], config, max_workers=1)  # without a retry limit: one run
+    assert [(r.status, r.attempts) for r in once] == [("timeout", 1)]
+    with pytest.raises(ConfigError, match="retry_timeout_s"):
+        run_programs([good], config, retry_timeout_s=0.1)
+
+
+def broken_interpreter(tmp_path: Path, kind: str) -> tuple[str, str]:
+    """An interpreter the sandbox cannot run programs with, and what the error must say."""
+    if kind == "missing":
+        return "/nonexistent/python3", "No such file or directory: '/nonexistent/python3'"
+    script = tmp_path / "python3"
+    if kind == "not_executable":
+        script.write_text("#!/bin/sh\n")
+        script.chmod(0o644)
+        return str(script), "Permission denied"
+    # Starts, then dies before running anything, as where the kernel refuses the namespaces.
+    script.write_text("#!/bin/sh\necho 'unshare: Operation not permitted' >&2\nexit 1\n")
+    script.chmod(0o755)
+    return str(script), "unshare: Operation not permitted"
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_executable", "dies_at_start"])
+def test_a_sandbox_that_cannot_start_is_an_error_naming_the_cause(tmp_path, kind):
+    python, cause = broken_interpreter(tmp_path, kind)
+    with pytest.raises(SandboxError, match="self-check") as error:
+        run(ADD, config=SandboxConfig(python=python))
+    assert cause in str(error.value)
+    with pytest.raises(SandboxError, match="self-check"):  # every call, not only the first
+        run_programs([SandboxJob(ADD, tuple(TESTS))] * 2, SandboxConfig(python=python), max_workers=2)
+    assert run(ADD).status == "ok"  # a working configuration is unaffected
+
+
+def sandbox_caller(tmp_path: Path, jobs: int) -> subprocess.Popen[bytes]:
+    """A Python process running ``jobs`` sandboxes at once, each sleeping for ten minutes (each
+    writes its pid to a ``pid`` file in its working directory), with working directories in ``tmp_path``."""
+    caller = textwrap.dedent(
+        f"""
+        import tempfile
+        tempfile.tempdir = {str(tmp_path)!r}
+        from rlvr.rewards.sandbox import SandboxConfig, SandboxJob, run_programs
+        code = "import os, time\\nopen('pid', 'w').write(str(os.getpid()))\\ntime.sleep(600)\\n"
+        jobs = [SandboxJob(code, ("pass",))] * {jobs}
+        run_programs(jobs, SandboxConfig(timeout_s=600), max_workers=len(jobs))
+        """
+    )
+    return subprocess.Popen([sys.executable, "-c", caller], stderr=subprocess.DEVNULL)
+
+
+def wait_for_sandboxes(tmp_path: Path, count: int) -> list[int]:
+    deadline = time.monotonic() + 60
+    pid_files: list[Path] = []
+    while len(pid_files) < count and time.monotonic() < deadline:
+        pid_files = [p for p in tmp_path.glob(WORKDIR_PREFIX + "*/pid") if p.read_text()]
+        time.sleep(0.05)
+    assert len(pid_files) == count, "the sandboxes did not start"
+    return [int(p.read_text()) for p in pid_files]
+
+
+def workdirs(tmp_path: Path) -> list[Path]:
+    return [p for p in tmp_path.iterdir() if WORKDIR_PREFIX in p.name]
+
+
+def test_ctrl_c_stops_every_sandbox_at_once(tmp_path):
+    proc = sandbox_caller(tmp_path, jobs=3)
+    try:
+        pids = wait_for_sandboxes(tmp_path, 3)
+        proc.send_signal(signal.SIGINT)
+        # The sandboxes' limit is 600 s; the caller exits as soon as they are killed.
+        assert proc.wait(timeout=120) != 0
+    finally:
+        proc.kill()
+        proc.wait()
+    for pid in pids:
+        assert_group_gone(pid)
+    assert workdirs(tmp_path) == []  # each working directory was removed on the way out
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_directories_of_a_killed_caller_are_removed_at_the_next_start(tmp_path, monkeypatch, how):
+    proc = sandbox_caller(tmp_path, jobs=2)
+    try:
+        pids = wait_for_sandboxes(tmp_path, 2)
+        assert remove_stale_workdirs(str(tmp_path)) == 0  # a live caller's directories are kept
+        assert len(workdirs(tmp_path)) == 2
+        proc.send_signal(how)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    for pid in pids:
+        assert_group_gone(pid)
+    assert len(workdirs(tmp_path)) == 2  # left behind: no Python code ran on the way out
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert run(ADD).status == "ok"  # the next start
+    assert workdirs(tmp_path) == []
 
 
 @pytest.mark.parametrize(

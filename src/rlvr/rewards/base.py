@@ -20,7 +20,8 @@ from typing import Literal
 from rlvr.registry import Registry
 from rlvr.tasks.base import Problem
 
-Outcome = Literal["correct", "wrong", "no_answer"]
+Outcome = Literal["correct", "wrong", "no_answer", "timeout"]
+"""``timeout``: the check itself ran out of time (twice); scored like ``wrong``, counted apart."""
 
 
 @dataclass

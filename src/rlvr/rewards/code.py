@@ -26,11 +26,17 @@ tests); each test is Python source run after the program, usually ``assert f(...
 run in :mod:`rlvr.rewards.sandbox`; identical programs for the same problem (common within a
 group) run once.
 
+A run that times out is run once more with the longer limit ``retry_timeout_s`` (default twice
+``timeout_s``), after the batch's other programs: on a loaded machine a correct program can overrun
+its limit. One that times out again has the outcome ``timeout``: scored like a wrong answer (0.0, or
+the tests it passed with partial credit), never correct, and counted apart.
+
 Metrics (fractions of the completions, over all ranks): ``pass_rate`` (mean fraction of tests
-passed), ``timeouts``, ``memory``, ``output_limits``, ``errors`` (crashed, failed to load, or
-stopped before the tests ran), ``blocked`` (attempted a forbidden operation), ``no_code``, and
-``duration_s`` (mean sandbox wall time per completion, shared runs counted once per completion),
-and ``sandbox_runs`` (programs actually run per completion: below 1 when a group repeats itself).
+passed), ``timeouts`` (timed out twice), ``retried`` (run a second time), ``memory``,
+``output_limits``, ``errors`` (crashed, failed to load, or stopped before the tests ran),
+``blocked`` (attempted a forbidden operation), ``no_code``, ``duration_s`` (mean sandbox wall time
+per completion, shared runs counted once per completion), and ``sandbox_runs`` (programs actually
+run per completion: below 1 when a group repeats itself).
 """
 
 from __future__ import annotations
@@ -122,6 +128,7 @@ def code_reward(
     *,
     partial_credit: bool = False,
     timeout_s: float = 5.0,
+    retry_timeout_s: float | None = None,
     memory_mb: int = 1024,
     max_workers: int | None = None,
     strict_equality: bool = True,
@@ -129,7 +136,8 @@ def code_reward(
     """Run each completion's program against its problem's tests in the sandbox (module docstring).
 
     ``timeout_s`` and ``memory_mb`` limit each run (wall clock for program and all tests; address
-    space); ``max_workers`` sandboxes run at once (default: one per CPU).
+    space); a run that times out is run again with ``retry_timeout_s`` (default ``2 * timeout_s``);
+    ``max_workers`` sandboxes run at once (default: one per CPU).
     """
     config = SandboxConfig(timeout_s=timeout_s, memory_mb=memory_mb, strict_equality=strict_equality)
     jobs: list[SandboxJob] = []
@@ -146,17 +154,23 @@ def code_reward(
             job_index[job] = len(jobs)
             jobs.append(job)
         per_completion.append(job_index[job])
-    ran = run_programs(jobs, config, max_workers=max_workers) if jobs else []
+    retry = 2.0 * timeout_s if retry_timeout_s is None else retry_timeout_s
+    ran = run_programs(jobs, config, max_workers=max_workers, retry_timeout_s=retry) if jobs else []
     results = [None if j is None else ran[j] for j in per_completion]
 
     values = [_score(r, partial_credit) for r in results]
     correct = [r is not None and r.status == "ok" and not r.blocked for r in results]
-    outcomes: list[Outcome] = [
-        "no_answer" if r is None else "correct" if ok else "wrong"
-        for r, ok in zip(results, correct, strict=True)
-    ]
+    outcomes: list[Outcome] = [_outcome(r, ok) for r, ok in zip(results, correct, strict=True)]
     metrics = _metrics(results, runs=len(jobs))
     return RewardResult(values=values, metrics=metrics, correct=correct, outcomes=outcomes)
+
+
+def _outcome(result: SandboxResult | None, correct: bool) -> Outcome:
+    if result is None:
+        return "no_answer"
+    if correct:
+        return "correct"
+    return "timeout" if result.status == "timeout" else "wrong"
 
 
 def _metrics(results: list[SandboxResult | None], runs: int) -> dict[str, float]:
@@ -164,6 +178,7 @@ def _metrics(results: list[SandboxResult | None], runs: int) -> dict[str, float]
     columns = {
         "pass_rate": [r.passed / r.total if r is not None and r.total else 0.0 for r in results],
         "timeouts": [r is not None and r.status == "timeout" for r in results],
+        "retried": [r is not None and r.attempts > 1 for r in results],
         "memory": [r is not None and r.status == "memory" for r in results],
         "output_limits": [r is not None and r.status == "output_limit" for r in results],
         "errors": [r is not None and r.status == "error" for r in results],

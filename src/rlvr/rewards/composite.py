@@ -24,7 +24,8 @@ A name is either registered in :data:`rlvr.rewards.base.REWARDS` or a plugin pat
 
 Metrics (means over the whole batch, reduced over ranks): ``reward/<name>`` the unweighted mean of
 each component, ``reward/total`` the mean of the weighted sum, and when a verifier ran,
-``reward/accuracy`` and ``reward/outcome/<correct|wrong|no_answer>`` fractions. Each component's own
+``reward/accuracy`` and ``reward/outcome/<correct|wrong|no_answer|timeout>`` fractions (``timeout``: the
+check ran out of time twice; scored like a wrong answer, counted apart). Each component's own
 metrics are passed on as ``reward/<name>/<key>``.
 """
 

@@ -12,9 +12,14 @@ the caller by its own pipe:
   rest of its chunk goes back to the queue. A worker that dies gives ``"error"`` the same way.
 * The caller only ever waits on the pipes with a deadline, so it never blocks on a hung worker, and
   it uses no signals, so it works from any thread and leaves the caller's own ``SIGALRM`` alone.
+* An item that times out is run once more, after the rest of the batch, with the longer limit
+  ``retry_timeout_s`` (``map``'s argument; None: no retry): on a loaded machine an ordinary item can
+  overrun its limit, and a slow check must not silently become a verdict. Only an item that times out
+  again has status ``"timeout"``; ``ItemResult.attempts`` says how many runs it took.
 * A batch takes its normal work divided among the workers, plus ``timeout_s`` for each round of
   hung items: at most ``ceil(hung / num_workers) * timeout_s`` extra (one round while no more items
-  hang than there are workers), plus the start of replacement workers.
+  hang than there are workers), plus as many rounds of ``retry_timeout_s`` for their second runs,
+  plus the start of replacement workers.
 * Workers are forked by a small fork server of the pool's own (:mod:`rlvr.rewards._worker_server`):
   a fresh interpreter, so a pool is safe to create after torch has started threads, which has
   imported (and warmed) the worker's modules, so a replacement starts in milliseconds, and which
@@ -26,6 +31,7 @@ the caller by its own pipe:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import os
@@ -58,6 +64,8 @@ class ItemResult:
     status: Status
     value: Any = None
     error: str | None = None
+    attempts: int = 1
+    """Runs it took: 2 when its first run timed out and it was run again with the retry limit."""
 
 
 def available_cores() -> int:
@@ -66,6 +74,13 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def _check_limit(name: str, value: object) -> None:
+    if isinstance(value, bool) or not (
+        isinstance(value, (int, float)) and value > 0 and math.isfinite(value)
+    ):
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
 
 
 def _resolve(path: str) -> Callable[..., Any]:
@@ -318,27 +333,46 @@ class GradingPool:
 
     # -- work --------------------------------------------------------------------------------
 
-    def map(self, items: Sequence[tuple[Any, ...]], *, timeout_s: float) -> list[ItemResult]:
+    def map(
+        self, items: Sequence[tuple[Any, ...]], *, timeout_s: float, retry_timeout_s: float | None = None
+    ) -> list[ItemResult]:
         """``fn(*item)`` for each item, in order, each given at most ``timeout_s`` seconds of wall clock.
 
-        Thread-safe (calls are serialised). Items are chunked in order: put items that share
-        expensive state (the same gold answer) next to each other.
+        An item that runs past ``timeout_s`` is run once more, after all the others, with
+        ``retry_timeout_s`` (at least ``timeout_s``; None: no second run), and has status "timeout"
+        only when that run times out too. Thread-safe (calls are serialised). Items are chunked in
+        order: put items that share expensive state (the same gold answer) next to each other.
         """
-        if not (isinstance(timeout_s, (int, float)) and timeout_s > 0 and math.isfinite(timeout_s)):
-            raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+        _check_limit("timeout_s", timeout_s)
+        if retry_timeout_s is not None:
+            _check_limit("retry_timeout_s", retry_timeout_s)
+            if retry_timeout_s < timeout_s:
+                raise ConfigError(f"retry_timeout_s ({retry_timeout_s}) must be >= timeout_s ({timeout_s})")
         with self._lock:
             if self._closed:
                 raise RuntimeError("this GradingPool is closed")
             if os.getpid() != self._owner_pid:
                 raise RuntimeError("a GradingPool cannot be used from a forked child; create a new one")
             try:
-                return self._map(list(items), float(timeout_s))
+                items = list(items)
+                results = self._map(items, float(timeout_s))
+                if retry_timeout_s is not None:
+                    self._retry_timeouts(items, results, float(retry_timeout_s))
+                return results
             except BaseException:  # e.g. KeyboardInterrupt: busy workers hold items of this call
                 for w in list(self._workers):
                     if w.state == "busy":
                         w.items.clear()
                         self._replace(w)
                 raise
+
+    def _retry_timeouts(self, items: list[tuple[Any, ...]], results: list[ItemResult], limit: float) -> None:
+        """Run the items that timed out once more with ``limit``; their results replace the first ones."""
+        again = [i for i, r in enumerate(results) if r.status == "timeout"]
+        if not again:
+            return
+        for i, result in zip(again, self._map([items[i] for i in again], limit), strict=True):
+            results[i] = dataclasses.replace(result, attempts=2)
 
     def _map(self, items: list[tuple[Any, ...]], timeout_s: float) -> list[ItemResult]:
         batch = _Batch(items, self.num_workers)

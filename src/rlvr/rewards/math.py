@@ -6,7 +6,7 @@ checks), ``r_i = 1[answer(o_i) ≡ gold]``. For example, gold ``\\frac{1}{2}``: 
 ``\\boxed{0.5}`` scores 1.0, one ending in ``\\boxed{2}`` scores 0.0, one with no box scores 0.0
 and is counted as having no answer.
 
-Each completion ends in one of three **outcomes**, logged separately:
+Each completion ends in one of four **outcomes**, logged separately:
 
 * ``no_answer``: :func:`rlvr.rewards.extraction.extract_answer` finds no final answer (no slot, an
   empty slot, a cut-off box), or the completion was truncated at the length limit (unless
@@ -14,8 +14,11 @@ Each completion ends in one of three **outcomes**, logged separately:
 * ``correct`` / ``wrong``: the answer is compared with the gold, first by
   :func:`rlvr.rewards.fast_path.quick_verdict` (plain numbers, identical text, clock times; no
   sympy), then by math-verify (``parse`` + ``verify``) in a :class:`GradingPool` worker with a hard
-  time limit. An answer whose check runs past ``timeout_s`` (its worker is killed) or fails is wrong
-  and counted in ``reward/timeouts`` or ``reward/grader_errors``.
+  time limit. An answer whose check fails is wrong and counted in ``reward/grader_errors``.
+* ``timeout``: the check ran past ``timeout_s`` (its worker is killed), and again past
+  ``retry_timeout_s`` (default twice ``timeout_s``) when run once more after the rest of the batch.
+  Scored 0.0 like a wrong answer and not correct; counted in ``reward/timeouts``. Checks that
+  needed the second run, whatever its verdict, are counted in ``reward/retried``.
 
 math-verify traps, and how each is handled here:
 
@@ -43,7 +46,7 @@ from typing import Any
 
 from rlvr.errors import ConfigError, DataError
 from rlvr.rewards.base import REWARDS, Outcome, RewardBatch, RewardResult
-from rlvr.rewards.extraction import PRIORITY, clean_answer, extract_answer
+from rlvr.rewards.extraction import FALLBACKS, PRIORITY, clean_answer, extract_answer
 from rlvr.rewards.fast_path import plain_number, quick_verdict
 from rlvr.rewards.grading_pool import GradingPool
 
@@ -176,6 +179,8 @@ class Grades:
     answers: list[str | None]
     """The extracted final answers (None: no answer)."""
     timeouts: int = 0
+    retried: int = 0
+    """Checks that ran past ``timeout_s`` and were run a second time with the retry limit."""
     grader_errors: int = 0
     fast_path: int = 0
     """Answers decided without math-verify."""
@@ -189,6 +194,7 @@ class Grades:
             "reward/wrong": sum(o == "wrong" for o in self.outcomes) / n,
             "reward/no_answer": sum(o == "no_answer" for o in self.outcomes) / n,
             "reward/timeouts": float(self.timeouts),
+            "reward/retried": float(self.retried),
             "reward/grader_errors": float(self.grader_errors),
             "reward/fast_path": self.fast_path / max(answered, 1),
         }
@@ -201,17 +207,31 @@ def grade_completions(
     strict: bool = False,
     answer_slot: str = "boxed",
     timeout_s: float = 5.0,
+    retry_timeout_s: float | None = None,
     truncated: list[bool] | None = None,
     grade_truncated: bool = False,
+    fallback: str = "none",
     pool: GradingPool | None = None,
 ) -> Grades:
-    """Extract each completion's final answer and grade it against its gold (see the module docstring)."""
+    """Extract each completion's final answer and grade it against its gold (see the module docstring).
+
+    ``fallback="last_number"`` reads the last number of a completion that has no answer slot at
+    all (:func:`rlvr.rewards.extraction.extract_answer`), for re-scoring other programs' outputs as
+    their harnesses did; the default "none" gives such a completion no answer.
+    """
+    if fallback not in FALLBACKS:
+        raise ConfigError(f"fallback must be one of {', '.join(FALLBACKS)}; got {fallback!r}")
     if answer_slot not in ANSWER_SLOTS:
         raise ConfigError(f"answer_slot must be one of {', '.join(ANSWER_SLOTS)}; got {answer_slot!r}")
     if strict and answer_slot == "none":
         raise ConfigError("strict=True needs the template's answer slot; answer_slot is 'none'")
     if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < float("inf")):
         raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    retry_timeout_s = 2.0 * timeout_s if retry_timeout_s is None else retry_timeout_s
+    if not (isinstance(retry_timeout_s, (int, float)) and timeout_s <= retry_timeout_s < float("inf")):
+        raise ConfigError(
+            f"retry_timeout_s must be seconds >= timeout_s ({timeout_s}), got {retry_timeout_s!r}"
+        )
     if len(golds) != len(completions):
         raise ValueError(f"{len(completions)} completions but {len(golds)} gold answers")
     outcomes: list[Outcome] = ["no_answer"] * len(completions)
@@ -225,7 +245,11 @@ def grade_completions(
         if cut and not grade_truncated:
             continue
         found = extract_answer(
-            completion, strict=strict, slot=slot, allow_unclosed_tag=truncated is not None and not cut
+            completion,
+            strict=strict,
+            slot=slot,
+            allow_unclosed_tag=truncated is not None and not cut,
+            fallback=fallback,  # type: ignore[arg-type]
         )
         if found is None:
             continue
@@ -241,15 +265,17 @@ def grade_completions(
             outcomes[i] = "correct" if verdict else "wrong"
     if pending:
         pool = pool or math_grading_pool()
-        results = pool.map([(answers[i], gold_texts[i]) for i in pending], timeout_s=timeout_s)
+        items = [(answers[i], gold_texts[i]) for i in pending]
+        results = pool.map(items, timeout_s=timeout_s, retry_timeout_s=retry_timeout_s)
         for i, result in zip(pending, results, strict=True):
+            grades.retried += result.attempts > 1
             if result.status == "ok":
                 outcomes[i] = "correct" if result.value else "wrong"
-                continue
-            outcomes[i] = "wrong"
-            if result.status == "timeout":
+            elif result.status == "timeout":
+                outcomes[i] = "timeout"
                 grades.timeouts += 1
             else:
+                outcomes[i] = "wrong"
                 grades.grader_errors += 1
                 grades.errors.append(f"completion {i}: {result.error}")
     if grades.errors:
@@ -266,16 +292,22 @@ def math_reward(
     strict: bool = False,
     answer_slot: str = "boxed",
     timeout_s: float = 5.0,
+    retry_timeout_s: float | None = None,
     grade_truncated: bool = False,
+    fallback: str = "none",
 ) -> RewardResult:
     """1.0 for a correct final answer, 0.0 for a wrong one or none (DeepSeek-R1 accuracy reward).
 
     ``problems[i].answer`` is the gold. ``strict`` reads only ``answer_slot`` (the template's slot:
     "answer_tag", "boxed"; "none" when the template has none). ``timeout_s`` is the wall-clock limit
-    of one answer's check. A completion cut at the length limit (``batch.truncated``) has no answer
-    unless ``grade_truncated``. Metrics: ``reward/correct``, ``reward/wrong``, ``reward/no_answer``
-    (fractions of the batch), ``reward/timeouts``, ``reward/grader_errors`` (counts),
-    ``reward/fast_path`` (fraction of answers decided without math-verify).
+    of one answer's check; one that overruns it is checked once more with ``retry_timeout_s``
+    (default ``2 * timeout_s``) and is outcome "timeout" (scored 0.0) if it overruns again. A
+    completion cut at the length limit (``batch.truncated``) has no answer unless
+    ``grade_truncated``. ``fallback="last_number"`` (for evaluating other programs' outputs; training
+    keeps the default "none") grades the last number of a completion with no answer slot. Metrics:
+    ``reward/correct``, ``reward/wrong``, ``reward/no_answer`` (fractions of the batch),
+    ``reward/timeouts``, ``reward/retried``, ``reward/grader_errors`` (counts), ``reward/fast_path``
+    (fraction of answers decided without math-verify).
     """
     grades = grade_completions(
         batch.completions,
@@ -283,8 +315,10 @@ def math_reward(
         strict=strict,
         answer_slot=answer_slot,
         timeout_s=timeout_s,
+        retry_timeout_s=retry_timeout_s,
         truncated=batch.truncated,
         grade_truncated=grade_truncated,
+        fallback=fallback,
     )
     correct = [o == "correct" for o in grades.outcomes]
     return RewardResult(

@@ -61,6 +61,16 @@ itself in a container or VM as an unprivileged user as well.
 Linux is the supported platform; elsewhere only the parent's limits, the resource limits the
 system honours and the audit hook apply.
 
+Around the runs. The first call for a configuration runs a self-check, a trivial correct program,
+and raises :class:`SandboxError` naming the cause when it does not pass (a missing or
+non-executable interpreter, a harness that dies at start): a broken sandbox is an error, never
+silent zero rewards. An exception in the caller (Ctrl-C) kills every sandbox of the call at once
+instead of waiting out their limits. Each working directory is ``<tempdir>/rlvr-sandbox-*``, held
+with ``flock`` by its caller while it runs; a caller killed by SIGKILL or SIGTERM cannot delete its
+directories, and the next process's first call removes those nobody holds
+(:func:`remove_stale_workdirs`). A run that times out is run once more with ``retry_timeout_s``
+when one is given (``SandboxResult.attempts``).
+
 How results are read. The harness in the child (``_sandbox_child.py``) runs the program as a
 module named ``solution`` (so ``if __name__ == "__main__":`` blocks do not run), then each test
 string, and writes one report line per test and a final ``done`` line to a duplicate of stdout,
@@ -82,6 +92,8 @@ to pass in every status.
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import os
 import secrets
@@ -92,6 +104,7 @@ import site
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -99,10 +112,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from rlvr.errors import ConfigError
+from rlvr.errors import ConfigError, RLVRError
 
 Status = Literal["ok", "failed", "timeout", "memory", "error", "output_limit"]
 CHILD_SCRIPT = Path(__file__).with_name("_sandbox_child.py")
+WORKDIR_PREFIX = "rlvr-sandbox-"
+"""Working directories are ``<tempdir>/rlvr-sandbox-*``, each locked (``flock``) by its caller."""
+SELF_CHECK_TIMEOUT_S = 30.0
+"""Wall-clock limit of the self-check at least (a loaded machine may start Python slowly)."""
+_SELF_CHECK = ("def check():\n    return 42\n", ("assert check() == 42",), "check")
+
+
+class SandboxError(RLVRError):
+    """The sandbox itself does not work (it fails its self-check): no program could pass."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +203,8 @@ class SandboxResult:
     """The process id, which was also the id of its process group."""
     test_errors: tuple[str | None, ...] = field(default=())
     """Per test: None if it passed, else its error (or "not run")."""
+    attempts: int = 1
+    """Runs it took: 2 when the first run timed out and it was run again with the retry limit."""
 
     @property
     def all_passed(self) -> bool:
@@ -203,11 +227,20 @@ def default_workers() -> int:
 
 
 def run_programs(
-    jobs: Sequence[SandboxJob], config: SandboxConfig | None = None, *, max_workers: int | None = None
+    jobs: Sequence[SandboxJob],
+    config: SandboxConfig | None = None,
+    *,
+    max_workers: int | None = None,
+    retry_timeout_s: float | None = None,
 ) -> list[SandboxResult]:
     """Run every job, at most ``max_workers`` (default: one per CPU) at a time; results in job order.
 
-    The work happens in the child processes; the threads here only wait on them.
+    A job that times out is run once more, after the others, with the wall-clock limit
+    ``retry_timeout_s`` (at least ``timeout_s``; None: no second run): on a loaded machine a correct
+    program can overrun its limit. The first call for a configuration runs a self-check (a trivial
+    correct program must pass) and raises :class:`SandboxError` naming the cause when it does not,
+    rather than scoring every program 0. An interrupt (Ctrl-C) stops every sandbox of the call at
+    once. The work happens in the child processes; the threads here only wait on them.
     """
     config = config or SandboxConfig()
     jobs = list(jobs)
@@ -216,13 +249,155 @@ def run_programs(
     workers = default_workers() if max_workers is None else max_workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"max_workers must be a positive integer, got {max_workers!r}")
+    if retry_timeout_s is not None and (
+        isinstance(retry_timeout_s, bool)
+        or not isinstance(retry_timeout_s, (int, float))
+        or not config.timeout_s <= retry_timeout_s < float("inf")
+    ):
+        raise ConfigError(
+            f"retry_timeout_s must be seconds >= timeout_s ({config.timeout_s}), got {retry_timeout_s!r}"
+        )
     python = config.python or sys.executable
     if not python:
         raise ConfigError("no Python interpreter to run: sys.executable is empty; set SandboxConfig.python")
+    if not jobs:
+        return []
+    _clean_once()
+    _self_check(config, python)
+    results = _run_all(jobs, config, python, workers)
+    again = [i for i, r in enumerate(results) if r.status == "timeout"]
+    if again and retry_timeout_s is not None:
+        longer = dataclasses.replace(config, timeout_s=float(retry_timeout_s))
+        for i, result in zip(again, _run_all([jobs[i] for i in again], longer, python, workers), strict=True):
+            results[i] = dataclasses.replace(result, attempts=2)
+    return results
+
+
+def _run_all(jobs: list[SandboxJob], config: SandboxConfig, python: str, workers: int) -> list[SandboxResult]:
+    """Run ``jobs`` on up to ``workers`` threads; on any exception (Ctrl-C) kill every sandbox at once."""
+    runs = _Running()
     if len(jobs) <= 1 or workers == 1:
-        return [_execute(job, config, python) for job in jobs]
-    with ThreadPoolExecutor(min(workers, len(jobs)), thread_name_prefix="rlvr-sandbox") as pool:
-        return list(pool.map(lambda job: _execute(job, config, python), jobs))
+        return [_execute(job, config, python, runs) for job in jobs]
+    pool = ThreadPoolExecutor(min(workers, len(jobs)), thread_name_prefix="rlvr-sandbox")
+    try:
+        futures = [pool.submit(_execute, job, config, python, runs) for job in jobs]
+        return [future.result() for future in futures]
+    except BaseException:
+        runs.stop_all()  # the threads see their pipes close at once and clean up their directories
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Running:
+    """The live sandboxes of one call, so that an interrupt can kill them all without waiting."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self.stopped = False
+
+    def add(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._procs.add(proc)
+            if self.stopped:
+                _kill_group(proc)
+
+    def discard(self, proc: subprocess.Popen[bytes]) -> None:
+        """Forget ``proc`` before it is reaped (after that its group id may be reused)."""
+        with self._lock:
+            self._procs.discard(proc)
+
+    def stop_all(self) -> None:
+        with self._lock:
+            self.stopped = True
+            for proc in self._procs:
+                _kill_group(proc)
+
+
+_checked: set[tuple[str, SandboxConfig]] = set()
+_cleaned: set[tuple[int, str]] = set()
+_state_lock = threading.Lock()
+
+
+def _self_check(config: SandboxConfig, python: str) -> None:
+    """Run a trivial correct program under ``config`` once per process; SandboxError if it fails."""
+    key = (python, config)
+    with _state_lock:
+        if key in _checked:
+            return
+    limit = max(config.timeout_s, SELF_CHECK_TIMEOUT_S)
+    code, tests, entry = _SELF_CHECK
+    result = _execute(SandboxJob(code, tests, entry), dataclasses.replace(config, timeout_s=limit), python)
+    if result.status != "ok":
+        output = f"; its output ends: {result.output[-500:]!r}" if result.output.strip() else ""
+        raise SandboxError(
+            f"the sandbox fails its self-check with {python} (a correct two-line program does not pass, "
+            f"so every program would score 0): {result.status}: {result.detail}{output}"
+        )
+    with _state_lock:
+        _checked.add(key)
+
+
+def _clean_once() -> None:
+    """Remove stale working directories in the temporary directory, once per process."""
+    key = (os.getpid(), tempfile.gettempdir())
+    with _state_lock:
+        if key in _cleaned:
+            return
+        _cleaned.add(key)
+    remove_stale_workdirs(key[1])
+
+
+def remove_stale_workdirs(root: str | None = None) -> int:
+    """Delete the sandbox working directories in ``root`` (default: the temporary directory) that no
+    live process holds: those left by a caller killed with SIGKILL or SIGTERM. Returns how many.
+
+    Each caller holds an exclusive ``flock`` on its working directory for the whole run; the kernel
+    drops it when the caller dies, however it dies, so a directory that can be locked is stale.
+    """
+    root = root or tempfile.gettempdir()
+    removed = 0
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(WORKDIR_PREFIX)]
+    except OSError:
+        return 0
+    for name in names:
+        path = os.path.join(root, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:  # gone, not a directory, or another user's
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live caller holds it
+            os.close(fd)
+            continue
+        try:
+            _remove_tree(path)
+            removed += not os.path.exists(path)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _make_workdir() -> tuple[str, int]:
+    """A new working directory, locked by this process, and the descriptor that holds the lock.
+
+    It is created under a name stale-directory removal ignores and renamed once locked, so that
+    another process's clean-up can never take a directory that is being set up.
+    """
+    fresh = os.path.realpath(tempfile.mkdtemp(prefix="." + WORKDIR_PREFIX))
+    fd = os.open(fresh, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path = os.path.join(os.path.dirname(fresh), os.path.basename(fresh)[1:])
+        os.rename(fresh, path)
+    except BaseException:
+        os.close(fd)
+        _remove_tree(fresh)
+        raise
+    return path, fd
 
 
 def _check_job(job: object, index: int) -> None:
@@ -239,12 +414,18 @@ def _environment(workdir: str) -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LC_ALL": "C.UTF-8", **threads}
 
 
-def _execute(job: SandboxJob, config: SandboxConfig, python: str) -> SandboxResult:
+def _execute(
+    job: SandboxJob, config: SandboxConfig, python: str, runs: _Running | None = None
+) -> SandboxResult:
     start = time.monotonic()
+    runs = runs or _Running()
     workdir: str | None = None
+    lock_fd: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     try:
-        workdir = os.path.realpath(tempfile.mkdtemp(prefix="rlvr-sandbox-"))
+        if runs.stopped:  # the call was interrupted before this job started
+            return SandboxResult("error", 0, len(job.tests), "", 0.0, detail="interrupted")
+        workdir, lock_fd = _make_workdir()
         nonce = secrets.token_hex(16)
         payload_path = os.path.join(workdir, ".payload.json")
         _write_payload(payload_path, job, config, nonce)
@@ -258,16 +439,23 @@ def _execute(job: SandboxJob, config: SandboxConfig, python: str) -> SandboxResu
             start_new_session=True,
             close_fds=True,
         )
-        output, stopped = _collect(proc, start + config.timeout_s, config.max_output_bytes)
+        runs.add(proc)
+        output, stopped = _collect(proc, start + config.timeout_s, config.max_output_bytes, runs)
         return _interpret(
             output, nonce, stopped, proc.returncode, job, config, time.monotonic() - start, proc.pid
         )
     except Exception as exc:  # a failure of the sandbox itself (no interpreter, no disk, ...)
         return SandboxResult(
-            "error", 0, len(job.tests), "", time.monotonic() - start, detail=f"sandbox failure: {exc!r}"
+            "error",
+            0,
+            len(job.tests),
+            "",
+            time.monotonic() - start,
+            detail=f"sandbox failure: {type(exc).__name__}: {exc}",
         )
     finally:
         if proc is not None:
+            runs.discard(proc)
             if proc.returncode is None:  # not reaped yet, so its group id is still its own
                 _kill_group(proc)
                 try:
@@ -278,6 +466,8 @@ def _execute(job: SandboxJob, config: SandboxConfig, python: str) -> SandboxResu
                 proc.stdout.close()
         if workdir is not None:
             _remove_tree(workdir)
+        if lock_fd is not None:
+            os.close(lock_fd)
 
 
 def _write_payload(path: str, job: SandboxJob, config: SandboxConfig, nonce: str) -> None:
@@ -306,12 +496,14 @@ def _write_payload(path: str, job: SandboxJob, config: SandboxConfig, nonce: str
         json.dump(payload, f)
 
 
-def _collect(proc: subprocess.Popen[bytes], deadline: float, cap: int) -> tuple[bytes, str | None]:
+def _collect(
+    proc: subprocess.Popen[bytes], deadline: float, cap: int, runs: _Running
+) -> tuple[bytes, str | None]:
     """Read the child's output until it exits, the deadline passes or the output exceeds ``cap``.
 
     Returns the output (at most ``cap`` bytes) and why the run was stopped ("timeout",
-    "output_limit") or None. The process group is killed before the leader is reaped, so its
-    group id cannot have been reused by then.
+    "output_limit", "interrupted") or None. The process group is killed before the leader is
+    reaped, so its group id cannot have been reused by then.
     """
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
@@ -324,6 +516,9 @@ def _collect(proc: subprocess.Popen[bytes], deadline: float, cap: int) -> tuple[
         selector.register(fd, selectors.EVENT_READ)
         while True:
             remaining = deadline - time.monotonic()
+            if runs.stopped:
+                stopped = "interrupted"
+                break
             if remaining <= 0:
                 stopped = "timeout"
                 break
@@ -351,6 +546,7 @@ def _collect(proc: subprocess.Popen[bytes], deadline: float, cap: int) -> tuple[
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
     _kill_group(proc)
+    runs.discard(proc)
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:  # stuck in the kernel; reaped later
@@ -440,6 +636,8 @@ def _interpret(
         status, detail = "timeout", f"stopped after {config.timeout_s:g} s (wall clock or CPU time)"
     elif stopped == "output_limit":
         status, detail = "output_limit", f"output exceeded {config.max_output_bytes} bytes"
+    elif stopped == "interrupted":
+        status, detail = "error", "interrupted (the caller stopped every sandbox)"
     elif "memory" in kinds:
         status, detail = "memory", f"out of memory (limit {config.memory_mb} MiB)"
     elif "file_size" in kinds:
@@ -459,11 +657,14 @@ def _interpret(
 
 __all__ = [
     "CHILD_SCRIPT",
+    "WORKDIR_PREFIX",
     "SandboxConfig",
+    "SandboxError",
     "SandboxJob",
     "SandboxResult",
     "Status",
     "default_workers",
+    "remove_stale_workdirs",
     "run_program",
     "run_programs",
 ]
