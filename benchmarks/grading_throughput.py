@@ -8,8 +8,9 @@ problems x 8 Qwen2.5-Math samples) against the raw MATH gold answers:
 * isolated: ``rlvr.rewards.math.grade_completions``: answer extraction and the exact fast path in
   this process, everything else in a pool of worker processes (one per available core) with a hard
   wall-clock limit per item.
-* pool only: the isolated pool with every extracted answer sent to math-verify (no fast path), to
-  show what isolation and parallelism cost and gain without it.
+* pool only: every extracted answer sent to the worker pool (no fast path in this process; the
+  workers apply the same exact number rules before math-verify, so both stages give one verdict),
+  to show what isolation and the round trip to a worker cost and gain.
 
 The pool is started once and reused, as in training (its start-up is reported, not timed). Both
 graders are first warmed up on other data (100 MATH-500 reference solutions); then each
@@ -115,7 +116,7 @@ def main() -> None:
     print(f"{'grader':<44}{'completions/s':>14}")
     print(f"{'plain math-verify, one process':<44}{plain:>14.0f}")
     print(f"{'isolated + time-limited (rlvr)':<44}{isolated:>14.0f}")
-    print(f"{'  of which pool only (no fast path)':<44}{pool_only:>14.0f}")
+    print(f"{'  pool only (no fast path in this process)':<44}{pool_only:>14.0f}")
     print(
         f"\nratio isolated / plain: {isolated / plain:.2f}x   (pool only / plain: {pool_only / plain:.2f}x)"
     )
