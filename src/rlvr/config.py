@@ -195,6 +195,9 @@ class EvalConfig:
     """None uses rollout.max_new_tokens."""
     template: str | None = None
     """Prompt template of the benchmarks; None: the task's."""
+    skip_bad_rows: bool = False
+    """Local benchmark files: leave out the rows that cannot be used (not UTF-8, not JSON, a missing
+    or ungradable field), reported on the console, instead of stopping at the first."""
     best_metric: str | None = None
     """Keep the model with the best value of this logged metric in RUN_DIR/best (for example
     eval/accuracy or eval/math500/avg@1); None keeps none."""

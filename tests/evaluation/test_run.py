@@ -274,3 +274,17 @@ def test_skip_bad_rows_leaves_out_and_reports_bad_rows_of_a_file(tmp_path, capsy
     results = json.loads((out / "results.json").read_text())
     assert results["benchmarks"]["bench"]["problems"] == 2
     assert results["settings"]["rows_left_out"] == {"bench": 2}
+
+
+def test_a_prompt_over_the_limit_is_refused_before_anything_is_generated(tmp_path):
+    bench = tmp_path / "long.jsonl"
+    rows = [{"question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(40)]
+    rows.append({"question": "1 + " * 50_000 + "1?", "answer": "50001"})
+    bench.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    flags = {"model": "toy", "benchmarks": [str(bench)], "output_dir": str(out), "max_new_tokens": 4}
+    with pytest.raises(
+        ConfigError, match=r"problem long-40 \(.*long\.jsonl:41\).*more than max_prompt_tokens"
+    ):
+        run_evaluation(load_eval_config(flags=flags), log=quiet)
+    assert not (out / "samples").exists()  # nothing generated

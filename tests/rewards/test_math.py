@@ -309,6 +309,13 @@ def test_spaced_sums_parse_through_the_whitespace_fallback():
         ("\\text{12 cm}", "12", "correct"),  # math-verify alone: the symbol 12cm
         ("\\text{12 cm}", "13", "wrong"),
         ("\\text{12 cm}^2", "12", "correct"),
+        # Not one quantity with a unit, or another unit than the gold's: never taken out of the text
+        ("\\text{3 hours 20 minutes}", "3", "wrong"),
+        ("\\text{12 cm by 5 cm}", "12", "wrong"),
+        ("\\text{2 apples, 3 oranges}", "2", "wrong"),
+        ("\\text{12 cm}", "12\\text{ m}", "wrong"),
+        ("\\text{12 cm}", "\\text{12 m}", "wrong"),
+        ("\\text{12 cm}", "12\\text{ cm}", "correct"),
         ("\\textbf{(B)}\\ 12", "12", "correct"),  # math-verify alone: the product B*12
         ("\\textbf{(B)}\\ \\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", "correct"),
         ("\\textbf{(B)}\\ 12", "\\text{(B)}", "correct"),

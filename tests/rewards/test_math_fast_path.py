@@ -11,6 +11,7 @@ from rlvr.rewards.fast_path import (
     canonical_form,
     clock_time,
     normalize_text,
+    number_out_of_text,
     plain_number,
     quick_verdict,
     same_time,
@@ -165,10 +166,6 @@ def test_quick_verdict_numbers(answer: str, gold: str, expected: bool) -> None:
         ("\\varnothing", "\\emptyset"),
         ("\\{\\}", "\\emptyset"),
         ("\\left\\{ \\right\\}", "\\emptyset"),
-        ("\\text{12 cm}", "12\\text{ cm}"),
-        ("\\text{ 3.5 square units}", "3.5\\text{ square units}"),
-        ("\\text{4:30 p.m.}", "\\text{4:30 p.m.}"),  # a time stays whole
-        ("\\text{5 and 6}", "\\text{5 and 6}"),  # not a quantity with a unit
         ("1e-5", "1\\times10^{-5}"),
         ("e^{2}", "e^{2}"),
     ],
@@ -205,3 +202,21 @@ def test_align_choices(answer: str, gold: str, expected: tuple[str, str]) -> Non
 )
 def test_quick_verdict_after_rewriting(answer: str, gold: str, expected: bool) -> None:
     assert quick_verdict(answer, gold) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "gold", "expected"),
+    [
+        ("\\text{12 cm}", "12", "12\\text{ cm}"),
+        ("\\text{ 3.5 square units}", "3.5", "3.5\\text{ square units}"),
+        ("\\text{12 cm}", "12\\text{ cm}", "12\\text{ cm}"),  # the gold's own unit
+        ("\\text{12 cm}", "12\\text{ m}", "\\text{12 cm}"),  # another unit: left as it is
+        ("\\text{4:30 p.m.}", "4", "\\text{4:30 p.m.}"),  # a time stays whole
+        ("\\text{5 and 6}", "5", "\\text{5 and 6}"),  # not a quantity with a unit
+        ("\\text{3 hours 20 minutes}", "3", "\\text{3 hours 20 minutes}"),  # two quantities
+        ("\\text{12 cm by 5 cm}", "12", "\\text{12 cm by 5 cm}"),
+        ("\\text{2 apples, 3 oranges}", "2", "\\text{2 apples, 3 oranges}"),
+    ],
+)
+def test_number_out_of_text_takes_one_unit_the_gold_allows(text: str, gold: str, expected: str) -> None:
+    assert number_out_of_text(text, gold) == expected

@@ -122,3 +122,19 @@ def test_a_run_reports_its_skipped_rows_on_the_console_and_in_the_metrics(tmp_pa
     )
     first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["step"] == 0 and first["data/skipped_rows"] == 1.0
+
+
+def test_a_bad_row_of_an_evaluation_file_names_the_eval_setting(tmp_path):
+    from rlvr.training.trainer import Trainer
+
+    bench = tmp_path / "bench.jsonl"
+    bench.write_bytes(b'{"question": "What is 1 + 1?", "answer": "2"}\n{"question": "x"}\n')
+    settings = [f"eval.benchmarks=[{bench}]", f"logging.output_dir={tmp_path / 'run'}"]
+    with pytest.raises(
+        DataError, match=r"bench\.jsonl:2: field 'answer' is missing.*set eval\.skip_bad_rows=true"
+    ):
+        Trainer(load_config(None, settings))
+    lines: list[str] = []
+    trainer = Trainer(load_config(None, [*settings, "eval.skip_bad_rows=true"]), log=lines.append)
+    assert [len(s.problems) for s in trainer.evaluator.sets] == [1]
+    assert any(line.startswith("[bench] 1 bad row(s) left out; first:") for line in lines)

@@ -239,11 +239,51 @@ def test_resume_refuses_a_change_that_alters_the_run_unless_forced(tmp_path):
     assert _steps_logged(run) == [1, 2]
 
     log.clear()
-    train(_config(run, "training.steps=3", "optim.lr=3e-4"), force_resume=True, log=log.append)
-    assert "--force-resume: optim.lr: 0.0001 -> 0.0003" in log
-    assert json.loads((run / "config.until-step-000002.json").read_text())["optim"]["lr"] == 1e-4
-    assert json.loads((run / "config.json").read_text())["optim"]["lr"] == 3e-4
+    train(_config(run, "training.steps=3", "algorithm.eps_high=0.28"), force_resume=True, log=log.append)
+    assert "--force-resume: algorithm.eps_high: 0.2 -> 0.28" in log
+    assert json.loads((run / "config.until-step-000002.json").read_text())["algorithm"]["eps_high"] == 0.2
+    assert json.loads((run / "config.json").read_text())["algorithm"]["eps_high"] == 0.28
     assert _steps_logged(run) == [1, 2, 3]
+
+    # The optimizer's state would restore the saved learning rate: even --force-resume refuses it.
+    with pytest.raises(ConfigError, match=r"(?s)--force-resume cannot change.*optim\.lr: 0\.0001 -> 0\.0003"):
+        train(
+            _config(run, "training.steps=4", "optim.lr=3e-4", "algorithm.eps_high=0.28"),
+            force_resume=True,
+            log=_quiet,
+        )
+    assert _steps_logged(run) == [1, 2, 3]
+
+
+def test_overwrite_deletes_only_what_rlvr_wrote_and_empty_run_folders_are_no_run(tmp_path):
+    project = tmp_path / "project"  # a project's own folders, one of them named like a run's
+    (project / "checkpoints").mkdir(parents=True)
+    (project / "src").mkdir()
+    (project / "src" / "main.py").write_text("print(1)")
+    for resume, overwrite in [(False, False), (False, True), (True, False)]:
+        with pytest.raises(ConfigError, match="not empty and holds no rlvr run"):
+            prepare_run_dir(project, {}, resume=resume, overwrite=overwrite)
+    assert (project / "src" / "main.py").read_text() == "print(1)"
+
+    run = tmp_path / "run"
+    train(_config(run, "training.steps=1"), log=_quiet)
+    (run / "notes.txt").write_text("mine")
+    (run / "plots").mkdir()
+    train(_config(run, "training.steps=1"), overwrite=True, log=_quiet)
+    assert (run / "notes.txt").read_text() == "mine"  # not rlvr's: kept
+    assert not (run / "plots").exists() and _steps_logged(run) == [1]
+
+
+def test_the_saved_config_is_the_one_given_so_resume_compares_like_with_like(tmp_path):
+    # Mixed precision loads float32 shards whatever model.dtype says; the saved config keeps what the
+    # user wrote, so resuming with the same command line finds no difference.
+    run = tmp_path / "run"
+    settings = ("training.steps=1", "parallel.strategy=fsdp2", "parallel.mixed_precision=bfloat16")
+    train(_config(run, *settings), log=_quiet)
+    assert json.loads((run / "config.json").read_text())["model"]["dtype"] == "auto"
+    log: list[str] = []
+    train(_config(run, *settings[1:], "training.steps=2"), resume=True, log=log.append)
+    assert "changed on resume: training.steps: 1 -> 2" in log and _steps_logged(run) == [1, 2]
 
 
 def test_resume_skips_a_damaged_checkpoint_for_the_previous_one(tmp_path):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rlvr.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, check_ranges
 from rlvr.errors import ConfigError
 
 
@@ -89,18 +90,25 @@ class EvalRunConfig:
         return 1 if self.temperature == 0 else self.n
 
 
+EVAL_SETTING_RANGES = {
+    "n": AT_LEAST_1,
+    "num_problems": AT_LEAST_1,
+    "temperature": AT_LEAST_0,
+    "top_p": Range(0, 1, low_open=True),
+    "top_k": AT_LEAST_0,
+    "max_new_tokens": AT_LEAST_1,
+    "max_prompt_tokens": AT_LEAST_1,
+    "timeout_s": POSITIVE,
+    "seed": AT_LEAST_0,
+    "problems_per_batch": AT_LEAST_1,
+    "max_batch_sequences": AT_LEAST_1,
+    "cpu_threads": AT_LEAST_1,
+}
+"""The range of every numeric setting of ``rlvr eval`` (None passes where a setting allows it)."""
+
+
 def validate_eval_config(c: EvalRunConfig) -> None:
-    for key in ("n", "max_new_tokens", "max_prompt_tokens", "problems_per_batch", "max_batch_sequences"):
-        if getattr(c, key) <= 0:
-            raise ConfigError(f"setting '{key}' must be positive, got {getattr(c, key)}")
-    if c.num_problems is not None and c.num_problems <= 0:
-        raise ConfigError(f"setting 'num_problems' must be positive or None, got {c.num_problems}")
-    if c.temperature < 0:
-        raise ConfigError(f"setting 'temperature' must be >= 0, got {c.temperature}")
-    if not 0 < c.top_p <= 1:
-        raise ConfigError(f"setting 'top_p' must be in (0, 1], got {c.top_p}")
-    if c.timeout_s <= 0:
-        raise ConfigError(f"setting 'timeout_s' must be positive, got {c.timeout_s}")
+    check_ranges(c, EVAL_SETTING_RANGES)
     if c.extraction not in ("answer", "last_number"):
         raise ConfigError(f"setting 'extraction' must be answer or last_number, got {c.extraction!r}")
     if c.extraction != "answer" and c.completions is None:

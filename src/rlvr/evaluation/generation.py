@@ -34,6 +34,8 @@ class GenerationSettings:
     top_k: int = 0
     max_new_tokens: int = 1024
     max_prompt_tokens: int = 2048
+    prompt_limit_setting: str = "rollout.max_prompt_tokens"
+    """The setting a too-long prompt's error names (``max_prompt_tokens`` for ``rlvr eval``)."""
 
     def sampling(self, stop_strings: tuple[str, ...], seed: int) -> SamplingParams:
         greedy = self.temperature == 0
@@ -61,7 +63,9 @@ def generate_records(
     from rlvr.training.setup import tokenize_prompts
 
     problems = [eval_set.problems[i] for i in indices]
-    prompt_ids = tokenize_prompts(problems, eval_set.template, tokenizer, settings.max_prompt_tokens)
+    prompt_ids = tokenize_prompts(
+        problems, eval_set.template, tokenizer, settings.max_prompt_tokens, settings.prompt_limit_setting
+    )
     sampling = settings.sampling(eval_set.stop_strings, seed)
     completions = engine.generate(prompt_ids, sampling) if problems else []
     generated = [Generated(c.text, len(c.token_ids), c.finish_reason == "length") for c in completions]

@@ -42,7 +42,15 @@ def training_eval_sets(config: Config, task: Task) -> list[EvalSet]:
     e = config.eval
     template = e.template or task.template
     return [
-        resolve_set(name, template, task=task, task_template=e.template, num_problems=e.num_problems)
+        resolve_set(
+            name,
+            template,
+            task=task,
+            task_template=e.template,
+            num_problems=e.num_problems,
+            skip_bad_rows=e.skip_bad_rows,
+            skip_setting="eval.skip_bad_rows",
+        )
         for name in e.benchmarks
     ]
 

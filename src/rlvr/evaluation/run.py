@@ -71,16 +71,31 @@ def resolve_targets(model: str, checkpoint: str) -> list[Target]:
     return [Target(path.name, str(path), run)]
 
 
+def load_eval_tokenizer(path: str) -> Any:
+    """The tokenizer of the model at ``path`` (its pad token set), without the weights."""
+    from transformers import AutoTokenizer
+
+    from rlvr.training.model import resolve_model_path
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path))
+    except OSError as e:
+        raise ConfigError(f"cannot load a tokenizer from {path!r} ({e})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_eval_model(path: str, device: torch.device, dtype: str) -> tuple[Any, Any]:
     """Model (in eval mode, a LoRA adapter merged into its base) and tokenizer from ``path``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from rlvr.training.model import resolve_dtype, resolve_model_path
 
     resolved = resolve_model_path(path)
     torch_dtype = resolve_dtype(dtype, device)
+    tokenizer = load_eval_tokenizer(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved)
         if (Path(resolved) / "adapter_config.json").is_file():
             try:
                 from peft import AutoPeftModelForCausalLM
@@ -93,8 +108,6 @@ def load_eval_model(path: str, device: torch.device, dtype: str) -> tuple[Any, A
             model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype)
     except OSError as e:
         raise ConfigError(f"cannot load a model from {path!r} ({e})") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
 
 
@@ -234,7 +247,13 @@ def evaluate_set(
     )
     done = store.load()
     settings = GenerationSettings(
-        n, config.temperature, config.top_p, config.top_k, config.max_new_tokens, config.max_prompt_tokens
+        n,
+        config.temperature,
+        config.top_p,
+        config.top_k,
+        config.max_new_tokens,
+        config.max_prompt_tokens,
+        prompt_limit_setting="max_prompt_tokens",
     )
     reward = CompositeReward(eval_set.rewards)
     total = len(eval_set.problems)
@@ -272,15 +291,19 @@ def evaluate_target(config: EvalRunConfig, target: Target, out: Path, log: Any =
     """Evaluate one model into ``out``; returns the results document."""
     from rlvr.rollout.hf_engine import HFEngine
     from rlvr.training.model import resolve_device
+    from rlvr.training.setup import tokenize_prompts
 
     device = resolve_device(config.device)
     task = training_task(config, target.run_dir)  # the data first: a bad row stops here, before any model
     known = config.template or (task.template if task is not None else None)
     sets = build_sets(config, known or "r1_zero", task)
-    model, tokenizer = load_eval_model(target.model_path, device, config.dtype)
+    tokenizer = load_eval_tokenizer(target.model_path)
     if known is None:  # the model's default template, which its tokenizer decides
         template = default_template(config, tokenizer, task)
         sets = [with_template(s, template) for s in sets]
+    for s in sets:  # every prompt within max_prompt_tokens, before the weights load
+        tokenize_prompts(s.problems, s.template, tokenizer, config.max_prompt_tokens, "max_prompt_tokens")
+    model, tokenizer = load_eval_model(target.model_path, device, config.dtype)
     settings = settings_record(config, target, sets)
     check_output_dir(out, settings, config.overwrite)
     engine = HFEngine(model, tokenizer, max_batch_sequences=config.max_batch_sequences)

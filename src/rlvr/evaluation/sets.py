@@ -98,9 +98,11 @@ def file_set(
     grade_truncated: bool = True,
     timeout_s: float = 5.0,
     skip_bad_rows: bool = False,
+    skip_setting: str = "skip_bad_rows",
 ) -> EvalSet:
     """A local benchmark file; a row without a usable question or gold answer is an error naming it
-    (or, with ``skip_bad_rows``, left out and listed in ``EvalSet.skipped``)."""
+    and ``skip_setting``, the setting that skips such rows (with ``skip_bad_rows``, they are left out
+    and listed in ``EvalSet.skipped``)."""
     from rlvr.rewards.math import check_gold
     from rlvr.tasks.loading import load_problems
 
@@ -108,7 +110,9 @@ def file_set(
     if not path.is_file():
         raise ConfigError(f"benchmark file {path} does not exist")
     field_map = FieldMap(fields.question, fields.answer, fields.answer_format, id=fields.id, meta=fields.meta)  # type: ignore[arg-type]
-    loaded = load_problems(path, field_map, check_gold=check_gold, skip_bad_rows=skip_bad_rows)
+    loaded = load_problems(
+        path, field_map, check_gold=check_gold, skip_bad_rows=skip_bad_rows, skip_setting=skip_setting
+    )
     return EvalSet(
         name=path.stem,
         problems=_subset(loaded.problems, num_problems),
@@ -171,6 +175,7 @@ def resolve_set(
     grade_truncated: bool = True,
     timeout_s: float = 5.0,
     skip_bad_rows: bool = False,
+    skip_setting: str = "skip_bad_rows",
 ) -> EvalSet:
     """The set a benchmark entry names (module docstring). ``task`` is the training task 'task'
     evaluates, with ``task_template`` overriding its template; other entries use ``template``."""
@@ -185,6 +190,12 @@ def resolve_set(
         return task_set(task, template=task_template, num_problems=num_problems)
     if is_benchmark_file(name):
         return file_set(
-            name, template, fields, num_problems=num_problems, skip_bad_rows=skip_bad_rows, **grading
+            name,
+            template,
+            fields,
+            num_problems=num_problems,
+            skip_bad_rows=skip_bad_rows,
+            skip_setting=skip_setting,
+            **grading,
         )
     return benchmark_set(name, template, num_problems=num_problems, **grading)

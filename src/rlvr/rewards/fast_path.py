@@ -98,10 +98,45 @@ def _repeating_decimal(match: re.Match[str]) -> str:
     return f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
 
 
-def _number_out_of_text(match: re.Match[str]) -> str:
-    if _CONJUNCTION.search(match.group(2)):  # "\text{5 and 6}" is not a quantity with a unit
-        return match.group(0)
-    return f"{match.group(1)}\\text{{ {match.group(2).strip()}}}"
+# A unit: words of letters (with periods: "p.m."), an optional exponent; no digits, commas or
+# conjunctions, so "3 hours 20 minutes", "12 cm by 5 cm" or "2 apples, 3 oranges" are not one.
+_UNIT = re.compile(r"[A-Za-z][A-Za-z.]*(?: [A-Za-z][A-Za-z.]*)*(?:\^\{?\d\}?)?")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textrm|textnormal|mbox|mathrm)\s*\{([^{}]*)\}")
+
+
+def _gold_units(gold: str) -> set[str]:
+    """The units in the gold's text wrappers (``12\\text{ cm}`` and ``\\text{12 cm}``: cm)."""
+    units = set()
+    for content in _TEXT_WRAPPER.findall(gold):
+        unit = content.strip().lstrip("-\u22120123456789.,").strip()
+        if unit:
+            units.add(unit)
+    return units
+
+
+def number_out_of_text(text: str, gold: str) -> str:
+    """``text`` with a number inside a text wrapper taken out of it, with its unit: ``\\text{12 cm}``
+    becomes ``12\\text{ cm}`` (math-verify reads the whole wrapper as the symbol ``12cm``).
+
+    Only a number with one unit (``cm``, ``square units``, ``m^2``: letters, no digits, commas or
+    conjunctions), and only when the gold has no unit or the same one: math-verify ignores a unit
+    written as text, so against a gold of ``12\\text{ m}`` the answer ``\\text{12 cm}`` stays the
+    symbol it was, and wrong.
+
+    >>> number_out_of_text("\\\\text{12 cm}", "12"), number_out_of_text("\\\\text{12 cm}", "12\\\\text{ m}")
+    ('12\\\\text{ cm}', '\\\\text{12 cm}')
+    """
+    if "\\" not in text:
+        return text
+    allowed = _gold_units(gold)
+
+    def replace(match: re.Match[str]) -> str:
+        unit = match.group(2).strip()
+        if _CONJUNCTION.search(unit) or not _UNIT.fullmatch(unit) or (allowed and unit not in allowed):
+            return match.group(0)
+        return f"{match.group(1)}\\text{{ {unit}}}"
+
+    return _TEXT_WITH_NUMBER.sub(replace, text)
 
 
 def canonical_form(text: str) -> str:
@@ -110,12 +145,10 @@ def canonical_form(text: str) -> str:
     * repeating decimals are exact fractions: ``0.\\overline{3}`` is ``\\frac{1}{3}``,
       ``0.1\\overline{6}`` is ``\\frac{1}{6}`` (math-verify reads ``0.\\overline{3}`` as 0);
     * the empty set has one name: ``\\varnothing`` and ``\\{\\}`` become ``\\emptyset``;
-    * a number inside a text wrapper with its unit is taken out of it: ``\\text{12 cm}`` becomes
-      ``12\\text{ cm}`` (math-verify reads the whole wrapper as the symbol ``12cm``);
     * e-notation is written as a power of ten: ``4.5e33`` becomes ``4.5\\times10^{33}``.
 
-    >>> canonical_form("0.\\\\overline{3}"), canonical_form("\\\\text{12 cm}"), canonical_form("\\\\{\\\\}")
-    ('\\\\frac{1}{3}', '12\\\\text{ cm}', '\\\\emptyset')
+    >>> canonical_form("0.\\\\overline{3}"), canonical_form("\\\\{\\\\}")
+    ('\\\\frac{1}{3}', '\\\\emptyset')
     """
     if len(text) > MAX_PLAIN_CHARS * 20:
         return text
@@ -123,7 +156,6 @@ def canonical_form(text: str) -> str:
         text = _REPEATING.sub(_repeating_decimal, text)
     if "\\" in text:
         text = _EMPTY_SET.sub(r"\\emptyset", text)
-        text = _TEXT_WITH_NUMBER.sub(_number_out_of_text, text)
     return _E_NOTATION.sub(r"\1\\times10^{\2}", text)
 
 
@@ -164,9 +196,11 @@ def align_choices(answer: str, gold: str) -> tuple[str, str]:
 
 
 def prepare_pair(answer: str, gold: str) -> tuple[str, str]:
-    """The answer and gold as both grading stages compare them: :func:`canonical_form` of each, then
+    """The answer and gold as both grading stages compare them: :func:`canonical_form` of each, a
+    number taken out of its unit's text wrapper (:func:`number_out_of_text`), then
     :func:`align_choices`."""
-    return align_choices(canonical_form(answer), canonical_form(gold))
+    answer, gold = canonical_form(answer), canonical_form(gold)
+    return align_choices(number_out_of_text(answer, gold), number_out_of_text(gold, gold))
 
 
 def _exact_fraction(text: str) -> Fraction | None:

@@ -103,10 +103,9 @@ def _check_row(row: Any, where: str) -> dict[str, Any]:
 
 
 def load_code_problems(path: str | Path, *, answer_tags: bool = True) -> list[Problem]:
-    """Every row of a code-problem JSONL file as a :class:`Problem`; DataError names file and line."""
+    """Every row of a code-problem file (.jsonl, .json or .parquet) as a :class:`Problem`; DataError
+    names file and line."""
     path = Path(path)
-    if path.suffix.lower() != ".jsonl":
-        raise DataError(f"{path}: code problems are read from .jsonl files")
     problems = []
     for where, raw in read_rows(path):  # bytes that are not UTF-8 or a line that is not JSON: file:line
         row = _check_row(raw, where)

@@ -97,7 +97,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as e:
-                yield where, BadRow(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
+                at = "the end of the line" if e.pos >= len(line.rstrip()) else f"column {e.colno}"
+                yield where, BadRow(f"{where}: not valid JSON ({e.msg} at {at})")
 
 
 @_READERS.register(".json")

@@ -1,14 +1,16 @@
 """The run directory of ``rlvr train``: what a new run, ``--resume`` and ``--overwrite`` may do with it.
 
-- A new run starts only in a directory that is new or empty. One that holds a run is refused, with
-  the flag to pass: ``--resume`` to continue it, ``--overwrite`` to delete it and start again. A
-  non-empty directory that holds nothing ``rlvr train`` writes (:data:`RUN_FILES`, :data:`RUN_DIRS`, an
-  rlvr ``config.json``) is never deleted, not even with ``--overwrite``.
+- A new run starts only in a directory that is new or empty. One that holds a run (an rlvr
+  ``config.json``, a checkpoint or ``metrics.jsonl``) is refused, with the flag to pass:
+  ``--resume`` to continue it, ``--overwrite`` to delete the run's files (:data:`RUN_FILES`,
+  :data:`RUN_DIRS`) and start again. A non-empty directory that holds no run is refused either way,
+  and a file rlvr did not write is never deleted.
 - ``--resume`` compares the config with the one the run saved (``config.json``). The keys of
   :data:`SAFE_TO_CHANGE_ON_RESUME` (logging, evaluation frequency, steps, checkpointing, how the
   work is spread and sized in memory) may change; a change to any other key alters what the run
   trains and is refused, listed as ``key: saved -> new``, unless ``--force-resume`` is given (the old
-  config is then kept as ``config.until-step-NNNNNN.json``).
+  config is then kept as ``config.until-step-NNNNNN.json``). The keys of
+  :data:`RESTORED_FROM_CHECKPOINT` are refused even then: the checkpoint would restore their values.
 - ``--resume`` in a run directory without a checkpoint starts the run over, and says so.
 
 :func:`prepare_run_dir` runs on rank 0 only; the trainer hands its verdict to every rank.
@@ -42,6 +44,19 @@ SAFE_TO_CHANGE_ON_RESUME: tuple[str, ...] = (
 """Settings a resumed run may change: where and how often it logs, evaluates and saves, how many steps
 it runs, and how the same computation is split (threads, micro-batches, activation recomputation, DDP
 or FSDP2 sharding, which a checkpoint resumes under either). ``prefix.*`` covers a whole section."""
+
+
+RESTORED_FROM_CHECKPOINT: tuple[str, ...] = (
+    "optim.lr",
+    "optim.betas",
+    "optim.eps",
+    "optim.weight_decay",
+    "critic.lr",
+    "training.seed",
+)
+"""Settings whose saved values a checkpoint restores (the optimizers' parameter groups and base
+learning rates; the sampler's, generators' and RNG states), so that even ``--force-resume`` could not
+change them: a change is refused."""
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -102,17 +117,20 @@ def _saved_config(out: Path) -> dict[str, Any] | None:
     return saved if isinstance(saved, dict) and {"training", "rollout", "logging"} <= saved.keys() else None
 
 
-RUN_FILES = ("metrics.jsonl", "samples.jsonl", "eval_before.json", "critic_pretrain.jsonl")
-RUN_DIRS = ("checkpoints", "final", "best", "tensorboard")
-"""What ``rlvr train`` writes into its run directory, besides ``config.json``."""
+RUN_FILES = ("metrics.jsonl", "samples.jsonl", "eval_before.json", "critic_pretrain.jsonl", CONFIG_FILE)
+RUN_DIRS = ("checkpoints", "final", "best", "tensorboard", "plots", "eval")
+"""What ``rlvr train`` (and ``rlvr eval`` of the run, ``eval/``) writes into a run directory, besides
+the ``config.until-*.json`` of forced resumes: all that ``--overwrite`` deletes."""
 
 
 def holds_a_run(out: Path) -> bool:
-    """Whether ``out`` holds something ``rlvr train`` writes (so ``--overwrite`` may delete it)."""
+    """Whether ``out`` holds an rlvr run: an rlvr ``config.json``, a checkpoint or ``metrics.jsonl``.
+
+    An empty ``checkpoints/`` or ``tensorboard/`` folder, common in other projects, is not a run."""
     return (
-        any((out / name).is_file() for name in RUN_FILES)
-        or any((out / name).is_dir() for name in RUN_DIRS)
-        or _saved_config(out) is not None
+        _saved_config(out) is not None
+        or latest_checkpoint(out) is not None
+        or (out / "metrics.jsonl").is_file()
     )
 
 
@@ -121,8 +139,14 @@ def _is_empty(out: Path) -> bool:
 
 
 def _clear(out: Path) -> None:
-    """Delete everything inside ``out`` (the directory itself stays: it may be a mount point)."""
+    """Delete what rlvr wrote in ``out`` (:data:`RUN_FILES`, :data:`RUN_DIRS`, forced resumes' old
+    configs); everything else, and the directory itself, stays."""
+    names = set(RUN_FILES) | set(RUN_DIRS)
     for entry in out.iterdir():
+        if entry.name not in names and not (
+            entry.name.startswith("config.until-") and entry.name.endswith(".json")
+        ):
+            continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
@@ -176,6 +200,14 @@ def check_run_dir(
             "delete it and start again, or set logging.output_dir to a new directory"
         )
     unsafe = _unsafe_changes(out, config) if latest_checkpoint(out) is not None else None
+    restored = [c for c in unsafe or () if c[0] in RESTORED_FROM_CHECKPOINT]
+    if restored and force_resume:
+        listed = "\n".join(f"  {format_difference(*c)}" for c in restored)
+        raise ConfigError(
+            f"--force-resume cannot change these settings of the run in {out}: its checkpoint restores "
+            f"their saved values (optimizer state, random state), so the new ones would be ignored:\n{listed}"
+            "\nResume with the saved values, or start a new run (--overwrite, or another logging.output_dir)"
+        )
     if unsafe and not force_resume:
         listed = "\n".join(f"  {format_difference(*c)}" for c in unsafe)
         raise ConfigError(

@@ -90,6 +90,7 @@ class Trainer:
     def __init__(self, config: Config, *, log: Any = print, task: Task | None = None) -> None:
         """``task``: the task already built from ``config`` (the command line builds it first, so that
         a data error comes before the heavy imports); None builds it here."""
+        self.given_config = config  # as the user wrote it: what config.json records and --resume compares
         if config.parallel.mixed_precision != "none":  # float32 shards; FSDP2 gathers them in bfloat16
             config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="float32"))
         c = config
@@ -121,6 +122,11 @@ class Trainer:
         if self.task.skipped_rows:
             first = self.task.skipped_rows[0]
             self.log(f"{len(self.task.skipped_rows)} bad row(s) of the training data skipped; first: {first}")
+        for eval_set in self.evaluator.sets:
+            if eval_set.skipped:
+                self.log(
+                    f"[{eval_set.name}] {len(eval_set.skipped)} bad row(s) left out; first: {eval_set.skipped[0]}"
+                )
         self.model = load_policy(c.model, self.device)
         self.sampler = PromptSampler.from_config(
             len(self.task.train),
@@ -525,7 +531,7 @@ class Trainer:
             try:
                 notes = prepare_run_dir(
                     self.out,
-                    to_dict(self.config),
+                    to_dict(self.given_config),
                     resume=resume,
                     overwrite=overwrite,
                     force_resume=force_resume,
@@ -550,7 +556,7 @@ class Trainer:
         resumed = self.resume() if resume else False
         if rank() == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_config(self.out, to_dict(c))
+            write_config(self.out, to_dict(self.given_config))
         total, trainable = count_parameters(self.model)
         per_step = c.rollout.prompts_per_step * c.rollout.samples_per_prompt
         self.log(
@@ -566,7 +572,7 @@ class Trainer:
             self.out,
             tensorboard=c.logging.tensorboard,
             wandb_project=c.logging.wandb_project,
-            config=to_dict(c),
+            config=to_dict(self.given_config),
         )
         if resumed:
             logger.truncate_after(self.step)
