@@ -7,6 +7,7 @@ rlvr presets
 rlvr plan CONFIG [key=value ...] [--nproc N] [--device-memory 80GB] [--device cpu|cuda]
 rlvr toy build [--output DIR] [--seed N]
 rlvr plot RUN_DIR
+rlvr merge MODEL_A MODEL_B [...] --output DIR [--weights W ...] [--base BASE] [key=value ...]
 """
 
 from __future__ import annotations
@@ -175,6 +176,41 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from rlvr.stages.merge import load_merge_config, merge_models
+
+    config_path, models, overrides = None, [], []
+    for item in args.items:
+        if "=" in item:
+            overrides.append(item)
+        elif item.endswith((".yaml", ".yml")):
+            config_path = item
+        else:
+            models.append(item)
+    flags = {
+        "models": models or None,
+        "weights": args.weights,
+        "base": args.base,
+        "output": args.output,
+        "dtype": args.dtype,
+        "max_shard_size": args.max_shard_size,
+        "normalize": True if args.normalize else None,
+        "overwrite": True if args.overwrite else None,
+    }
+    result = merge_models(load_merge_config(config_path, overrides, flags))
+    weights = [f for f in result.files if f.endswith(".safetensors")]
+    rest = ", ".join(f for f in result.files if f not in weights)
+    print(f"wrote {result.output}: {result.tensors} tensors in {len(weights)} safetensors file(s); {rest}")
+    return 0
+
+
+def _merge_settings_help() -> str:
+    from rlvr.config import describe
+    from rlvr.stages.merge import MergeConfig
+
+    return "\n".join(f"{key} = {value!r}    # {doc}" for key, value, doc in describe(None, MergeConfig))
+
+
 def _eval_settings_help() -> str:
     from rlvr.config import describe
     from rlvr.evaluation.config import EvalRunConfig
@@ -268,6 +304,31 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--output", default=None, help="directory (default: the shipped model's)")
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=_toy_build)
+
+    merge = sub.add_parser(
+        "merge",
+        help="average models of one architecture, or add their task vectors to a base",
+        description="Merge MODEL_A MODEL_B ... (model directories, 'toy', or rlvr train run directories) into "
+        "one model directory: the weighted average sum_i w_i model_i, or with --base, task arithmetic "
+        "base + sum_i w_i (model_i - base). A YAML file and key=value items set any of the settings "
+        "below; flags win over both. See docs/pipeline.md. Settings, with defaults and meanings:",
+        epilog=_merge_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    merge.add_argument("items", nargs="*", metavar="MODEL | CONFIG.yaml | key=value")
+    merge.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per model")
+    merge.add_argument("--base", default=None, help="task arithmetic on this base model")
+    merge.add_argument("--output", default=None, help="the model directory to write")
+    merge.add_argument(
+        "--dtype",
+        choices=("input", "float32", "bfloat16", "float16"),
+        default=None,
+        help="dtype of the merged weights (default: input, each tensor's stored dtype)",
+    )
+    merge.add_argument("--max-shard-size", default=None, help="largest safetensors file (default 5GB)")
+    merge.add_argument("--normalize", action="store_true", help="divide the weights by their sum")
+    merge.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    merge.set_defaults(func=_merge)
 
     plot = sub.add_parser("plot", help="PNG curves of a run's metrics")
     plot.add_argument("run_dir")
