@@ -1,7 +1,7 @@
 """The run directory of ``rlvr train``: what a new run, ``--resume`` and ``--overwrite`` may do with it.
 
 - A new run starts only in a directory that is new or empty. One that holds a run (an rlvr
-  ``config.json``, a checkpoint or ``metrics.jsonl``) is refused, with the flag to pass:
+  ``config.json``, a checkpoint or a file of :data:`RUN_FILES`) is refused, with the flag to pass:
   ``--resume`` to continue it, ``--overwrite`` to delete the run's files (:data:`RUN_FILES`,
   :data:`RUN_DIRS`) and start again. A non-empty directory that holds no run is refused either way,
   and a file rlvr did not write is never deleted.
@@ -124,13 +124,13 @@ the ``config.until-*.json`` of forced resumes: all that ``--overwrite`` deletes.
 
 
 def holds_a_run(out: Path) -> bool:
-    """Whether ``out`` holds an rlvr run: an rlvr ``config.json``, a checkpoint or ``metrics.jsonl``.
-
-    An empty ``checkpoints/`` or ``tensorboard/`` folder, common in other projects, is not a run."""
+    """Whether ``out`` holds an rlvr run: an rlvr ``config.json``, a checkpoint, or one of the files
+    only a run writes (``metrics.jsonl``, ``eval_before.json``, ...). An empty ``checkpoints/`` or
+    ``tensorboard/`` folder, common in other projects, is not a run."""
     return (
         _saved_config(out) is not None
         or latest_checkpoint(out) is not None
-        or (out / "metrics.jsonl").is_file()
+        or any((out / name).is_file() for name in RUN_FILES if name != CONFIG_FILE)
     )
 
 
