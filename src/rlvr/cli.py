@@ -8,6 +8,8 @@ rlvr plan CONFIG [key=value ...] [--nproc N] [--device-memory 80GB] [--device cp
 rlvr toy build [--output DIR] [--seed N]
 rlvr plot RUN_DIR
 rlvr merge MODEL_A MODEL_B [...] --output DIR [--weights W ...] [--base BASE] [key=value ...]
+rlvr sft CONFIG [key=value ...] [--resume | --overwrite]
+rlvr sample MODEL_OR_RUN_DIR [CONFIG.yaml] [key=value ...] [--n N] [--select RULE] [--output DIR] ...
 """
 
 from __future__ import annotations
@@ -204,6 +206,87 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+SAMPLE_FLAGS = (
+    # flag, config key, type, help
+    ("--train-config", "train_config", str, "training config or run directory whose task is sampled"),
+    ("--problems", "problems", str, "a .jsonl/.json/.parquet problems file instead of a task"),
+    ("--split", "split", str, "the task's split: train (default) or test"),
+    ("--n", "n", int, "samples per problem"),
+    ("--temperature", "temperature", float, "0 decodes greedily (n = 1)"),
+    ("--select", "select", str, "correct, first_correct, shortest_correct, best, or pairs"),
+    ("--pairs", "pairs", str, "select=pairs: shortest_vs_longest_correct or correct_vs_wrong"),
+    ("--max-per-problem", "max_per_problem", int, "most rows kept per problem"),
+    ("--num-problems", "num_problems", int, "sample the first N problems"),
+    ("--max-new-tokens", "max_new_tokens", int, "generation budget per completion"),
+    ("--template", "template", str, "prompt template (default: the task's)"),
+    ("--output", "output_dir", str, "output directory"),
+    ("--seed", "seed", int, "sampling seed"),
+)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from rlvr.stages.sample import load_sample_config, run_sample
+
+    config_path, model, overrides = None, None, []
+    for item in args.items:
+        if "=" in item:
+            overrides.append(item)
+        elif item.endswith((".yaml", ".yml")):
+            config_path = item
+        elif model is None:
+            model = item
+        else:
+            raise RLVRError(f"two models given ({model!r} and {item!r}); sample from one teacher")
+    flags = {key: getattr(args, key) for _, key, _, _ in SAMPLE_FLAGS}
+    flags["model"] = model
+    flags["overwrite"] = True if args.overwrite else None
+    run_sample(load_sample_config(config_path, overrides, flags))
+    return 0
+
+
+def _sample_settings_help() -> str:
+    from rlvr.config import describe
+    from rlvr.stages.sample import SampleConfig
+
+    return "\n".join(f"{key} = {value!r}    # {doc}" for key, value, doc in describe(None, SampleConfig))
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from rlvr.config import to_dict
+    from rlvr.distributed import rank, restart_count, shutdown
+    from rlvr.stages.sft import load_sft_config
+    from rlvr.training.run_dir import check_run_dir
+
+    path, overrides = _split_config_and_overrides(args.items)
+    config = load_sft_config(path, overrides)  # every key checked before any data or model loads
+    # A group torchrun restarted (--max-restarts) resumes from the last checkpoint, never overwrites.
+    flags = {
+        "resume": args.resume or restart_count() > 0,
+        "overwrite": args.overwrite and restart_count() == 0,
+    }
+    check_run_dir(config.logging.output_dir, to_dict(config), **flags)
+    from rlvr.stages.sft import train_sft
+
+    try:
+        result = train_sft(config, **flags)
+    finally:
+        shutdown()
+    if rank() != 0:
+        return 0
+    if result.interrupted:
+        print(f"stopped at step {result.steps}; continue with: rlvr sft {' '.join(args.items)} --resume")
+        return 130
+    print(f"run directory: {result.output_dir} (final model in {result.output_dir / 'final'})")
+    return 0
+
+
+def _sft_settings_help() -> str:
+    from rlvr.config import describe
+    from rlvr.stages.sft import SFTConfig
+
+    return "\n".join(f"{key} = {value!r}    # {doc}" for key, value, doc in describe(None, SFTConfig))
+
+
 def _merge_settings_help() -> str:
     from rlvr.config import describe
     from rlvr.stages.merge import MergeConfig
@@ -329,6 +412,48 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--normalize", action="store_true", help="divide the weights by their sum")
     merge.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     merge.set_defaults(func=_merge)
+
+    sample = sub.add_parser(
+        "sample",
+        help="rejection sampling: a teacher's graded samples, kept by a rule, as SFT or preference data",
+        description="Sample n completions per problem from MODEL_OR_RUN_DIR (a model directory, hub name, "
+        "'toy', or an rlvr train run directory) on a training task or a problems file, grade them with the "
+        "task's rewards, and keep some by a rule (correct, first_correct, shortest_correct, best, pairs): "
+        "writes sft.jsonl (prompt, completion) or pairs.jsonl (prompt, chosen, rejected) and summary.json; "
+        "an interrupted run resumes. A YAML file and key=value items set any of the settings below; flags "
+        "win over both. See docs/pipeline.md. Settings, with defaults and meanings:",
+        epilog=_sample_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sample.add_argument("items", nargs="*", metavar="MODEL_OR_RUN_DIR | CONFIG.yaml | key=value")
+    for flag, key, kind, text in SAMPLE_FLAGS:
+        sample.add_argument(flag, dest=key, type=kind, default=None, help=text)
+    sample.add_argument(
+        "--overwrite", action="store_true", help="discard samples of other settings in the output directory"
+    )
+    sample.set_defaults(func=_sample)
+
+    sft = sub.add_parser(
+        "sft",
+        help="supervised fine-tuning on prompt/completion pairs or chat conversations",
+        description="Fine-tune a model on the completions (assistant turns) of a data file. CONFIG is a "
+        "YAML file; key=value items override it (for example training.packing=true). See "
+        "docs/pipeline.md. Settings, with defaults and meanings:",
+        epilog=_sft_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sft.add_argument("items", nargs="*", metavar="CONFIG | key=value")
+    sft.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in logging.output_dir from its latest checkpoint",
+    )
+    sft.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run that logging.output_dir holds and start again",
+    )
+    sft.set_defaults(func=_sft)
 
     plot = sub.add_parser("plot", help="PNG curves of a run's metrics")
     plot.add_argument("run_dir")

@@ -4,8 +4,8 @@ One record (a JSON object, one line of ``samples/<benchmark>.jsonl``) per comple
 
     benchmark, index (the problem's position in the set), id, sample (0..n-1), prompt, completion,
     answer (the extracted final answer, or null), gold, correct, outcome (correct | wrong |
-    no_answer | timeout: a check over its limit twice, graded wrong), formatted, truncated, length
-    (completion tokens), meta (level, subject, ...)
+    no_answer | timeout: a check over its limit twice, graded wrong), reward (the set's total
+    reward), formatted, truncated, length (completion tokens), meta (level, subject, ...)
 
 ``formatted``: the completion puts its answer where the template asks (``<answer>`` tags for the
 R1 templates, ``\\boxed{}`` for qwen_boxed); for a template without an answer slot, that an answer
@@ -94,6 +94,7 @@ def score_records(
                 "gold": _gold(problem.answer),
                 "correct": bool(correct[j]),
                 "outcome": outcomes[j],
+                "reward": float(result.values[j]),
                 "formatted": is_formatted(g.text, slot, outcomes[j]),
                 "truncated": g.truncated,
                 "length": g.length,

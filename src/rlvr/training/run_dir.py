@@ -114,7 +114,9 @@ def _saved_config(out: Path) -> dict[str, Any] | None:
         saved = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return saved if isinstance(saved, dict) and {"training", "rollout", "logging"} <= saved.keys() else None
+    if not isinstance(saved, dict) or not {"training", "logging"} <= saved.keys():
+        return None
+    return saved if "rollout" in saved or "data" in saved else None  # rlvr train's, or rlvr sft's
 
 
 RUN_FILES = ("metrics.jsonl", "samples.jsonl", "eval_before.json", "critic_pretrain.jsonl", CONFIG_FILE)

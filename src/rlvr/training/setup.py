@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from rlvr.config import Config
+from rlvr.config import Config, OptimConfig
 from rlvr.errors import ConfigError
 from rlvr.registry import nearest_name_hint
 from rlvr.tasks.base import TASKS, Problem, RewardSpec, Task
@@ -97,12 +97,19 @@ def build_optimizer(model: Any, config: Config) -> tuple[torch.optim.Optimizer, 
 
     The schedule counts optimizer steps: ``training.steps * ppo_epochs * updates_per_step``.
     """
-    o, t = config.optim, config.training
+    t = config.training
+    return build_adamw(model, config.optim, t.steps * t.ppo_epochs * t.updates_per_step)
+
+
+def build_adamw(model: Any, o: OptimConfig, total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over the trainable parameters of ``model`` with the settings ``o``, and its schedule:
+    linear warmup over ``o.warmup_steps``, then constant or a cosine decay to ``o.min_lr_ratio``
+    at ``total_steps`` optimizer steps."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
     )
-    total = max(1, t.steps * t.ppo_epochs * t.updates_per_step)
+    total = max(1, total_steps)
 
     def factor(step: int) -> float:
         if step < o.warmup_steps:
