@@ -9,6 +9,7 @@ rlvr toy build [--output DIR] [--seed N]
 rlvr plot RUN_DIR
 rlvr merge MODEL_A MODEL_B [...] --output DIR [--weights W ...] [--base BASE] [key=value ...]
 rlvr sft CONFIG [key=value ...] [--resume | --overwrite]
+rlvr dpo CONFIG [key=value ...] [--resume | --overwrite]
 rlvr sample MODEL_OR_RUN_DIR [CONFIG.yaml] [key=value ...] [--n N] [--select RULE] [--output DIR] ...
 """
 
@@ -287,6 +288,42 @@ def _sft_settings_help() -> str:
     return "\n".join(f"{key} = {value!r}    # {doc}" for key, value, doc in describe(None, SFTConfig))
 
 
+def _dpo(args: argparse.Namespace) -> int:
+    from rlvr.config import to_dict
+    from rlvr.distributed import rank, restart_count, shutdown
+    from rlvr.stages.dpo import load_dpo_config
+    from rlvr.training.run_dir import check_run_dir
+
+    path, overrides = _split_config_and_overrides(args.items)
+    config = load_dpo_config(path, overrides)  # every key checked before any data or model loads
+    # A group torchrun restarted (--max-restarts) resumes from the last checkpoint, never overwrites.
+    flags = {
+        "resume": args.resume or restart_count() > 0,
+        "overwrite": args.overwrite and restart_count() == 0,
+    }
+    check_run_dir(config.logging.output_dir, to_dict(config), **flags)
+    from rlvr.stages.dpo import train_dpo
+
+    try:
+        result = train_dpo(config, **flags)
+    finally:
+        shutdown()
+    if rank() != 0:
+        return 0
+    if result.interrupted:
+        print(f"stopped at step {result.steps}; continue with: rlvr dpo {' '.join(args.items)} --resume")
+        return 130
+    print(f"run directory: {result.output_dir} (final model in {result.output_dir / 'final'})")
+    return 0
+
+
+def _dpo_settings_help() -> str:
+    from rlvr.config import describe
+    from rlvr.stages.dpo import DPOConfig
+
+    return "\n".join(f"{key} = {value!r}    # {doc}" for key, value, doc in describe(None, DPOConfig))
+
+
 def _merge_settings_help() -> str:
     from rlvr.config import describe
     from rlvr.stages.merge import MergeConfig
@@ -454,6 +491,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete the run that logging.output_dir holds and start again",
     )
     sft.set_defaults(func=_sft)
+
+    dpo = sub.add_parser(
+        "dpo",
+        help="preference optimisation (DPO, IPO, SimPO) on prompt/chosen/rejected rows",
+        description="Train a model to prefer the chosen completion of each row to the rejected one, "
+        "against a frozen reference (DPO, IPO) or none (SimPO). CONFIG is a YAML file; key=value items "
+        "override it (for example loss.beta=0.2). Reads rlvr sample's pairs.jsonl as it is. See "
+        "docs/pipeline.md. Settings, with defaults and meanings:",
+        epilog=_dpo_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dpo.add_argument("items", nargs="*", metavar="CONFIG | key=value")
+    dpo.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in logging.output_dir from its latest checkpoint",
+    )
+    dpo.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run that logging.output_dir holds and start again",
+    )
+    dpo.set_defaults(func=_dpo)
 
     plot = sub.add_parser("plot", help="PNG curves of a run's metrics")
     plot.add_argument("run_dir")

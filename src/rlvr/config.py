@@ -244,6 +244,23 @@ class ParallelConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str | None = None
+    """On-policy distillation (docs/algorithms.md, 'On-policy distillation'): the teacher model, a
+    model directory or hub name ('toy': the shipped one), loaded frozen like the reference model. Its
+    tokenizer must be the student's. None: no teacher, no distillation."""
+    mode: Literal["advantage", "reward"] = "advantage"
+    """advantage: each token's advantage is log pi_teacher - log pi_student of its sampled token (plus
+    reward_weight times the task's advantage); reward: that log-ratio times coef is added to the token
+    rewards before algorithm.advantage's estimator."""
+    coef: float = 1.0
+    """mode reward: the weight of the teacher's log-ratio in the token rewards."""
+    reward_weight: float = 0.0
+    """mode advantage: the weight of the task's advantage (algorithm.advantage on the task reward)
+    added to the distillation advantage; 0 trains on the teacher's signal alone."""
+
+
+@dataclass
 class Config:
     preset: str | None = None
     """A named recipe (rlvr presets) applied before the file's own settings."""
@@ -258,6 +275,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 # --- key checking --------------------------------------------------------------------------
@@ -465,6 +483,8 @@ SETTING_RANGES: dict[str, Range] = {
     "logging.log_every": AT_LEAST_1,
     "logging.sample_every": AT_LEAST_0,
     "parallel.timeout_s": POSITIVE,
+    "distill.coef": POSITIVE,
+    "distill.reward_weight": AT_LEAST_0,
 }
 """The range of every numeric setting outside ``algorithm.*`` (whose ranges
 :func:`rlvr.algorithms.validation.validate_algorithm_config` checks). A tuple's range applies to each
@@ -495,8 +515,13 @@ def validate_config(config: Config) -> None:
     from rlvr.algorithms.validation import GROUP_RELATIVE_ESTIMATORS, validate_algorithm_config
 
     check_ranges(config, SETTING_RANGES)
+    _validate_distill(config.distill, config.algorithm, config.preset)
     r, t = config.rollout, config.training
-    if r.samples_per_prompt < 2 and config.algorithm.advantage in GROUP_RELATIVE_ESTIMATORS:
+    if (
+        r.samples_per_prompt < 2
+        and config.algorithm.advantage in GROUP_RELATIVE_ESTIMATORS
+        and not distills_without_task_advantage(config.distill)
+    ):
         raise ConfigError(
             f"setting 'rollout.samples_per_prompt' is {r.samples_per_prompt}: algorithm.advantage "
             f"'{config.algorithm.advantage}' compares the completions of a prompt with each other, so one "
@@ -578,6 +603,53 @@ def validate_eval_settings(e: EvalConfig) -> None:
         raise ConfigError(
             f"setting 'eval.best_metric' must name an evaluation metric (eval/accuracy, eval/<benchmark>/avg@1, ...), "
             f"got {e.best_metric!r}"
+        )
+
+
+def distills_without_task_advantage(d: DistillConfig) -> bool:
+    """True when the advantage is the teacher's signal alone (distill.mode advantage, reward_weight 0):
+    the task's estimator is then computed for its metrics only."""
+    return d.teacher is not None and d.mode == "advantage" and d.reward_weight == 0
+
+
+def _validate_distill(d: DistillConfig, algorithm: AlgorithmConfig, preset: str | None) -> None:
+    """The distill section: a teacher named (also when the preset distils), and no setting given that
+    its mode does not read."""
+    from rlvr.algorithms.distill import check_distill_mode
+
+    check_distill_mode(d.mode)
+    defaults = DistillConfig()
+    if d.teacher is None and preset is not None:
+        from rlvr.algorithms.presets import get_preset
+
+        if any(key.startswith("distill.") for key in get_preset(preset).settings):
+            raise ConfigError(
+                f"preset '{preset}' distils from a teacher: set distill.teacher to a model that shares "
+                "model.path's tokenizer (a larger model of the same family)"
+            )
+    if d.teacher is None:
+        for key in ("mode", "coef", "reward_weight"):
+            if getattr(d, key) != getattr(defaults, key):
+                raise ConfigError(
+                    f"setting 'distill.{key}' ({getattr(d, key)!r}) is set but distill.teacher is None: "
+                    "name a teacher model to distil from, or leave the distill section out"
+                )
+        return
+    if not d.teacher.strip():
+        raise ConfigError(
+            "setting 'distill.teacher' is empty; name a model, or leave it unset (no distillation)"
+        )
+    unread = {"advantage": "coef", "reward": "reward_weight"}[d.mode]
+    if getattr(d, unread) != getattr(defaults, unread):
+        raise ConfigError(
+            f"setting 'distill.{unread}' ({getattr(d, unread)!r}) is not read by distill.mode '{d.mode}' "
+            f"(distill.coef weighs the signal in mode reward, distill.reward_weight the task's advantage "
+            "in mode advantage)"
+        )
+    if d.mode == "advantage" and "cppo" in algorithm.filters:
+        raise ConfigError(
+            "algorithm.filters: 'cppo' ranks completions by one advantage each; distill.mode 'advantage' "
+            "gives token-level advantages. Use distill.mode reward, or leave cppo out"
         )
 
 

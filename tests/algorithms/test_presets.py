@@ -33,6 +33,7 @@ def test_the_papers_recipes_are_all_there():
         "cispo",
         "clip_cov",
         "kl_cov",
+        "opd",
     }
     assert set(NAMES) == expected
 
@@ -50,7 +51,8 @@ def test_every_preset_loads_as_a_run_config(name):
         section, key = dotted.split(".", 1)
         nested.setdefault(section, {})[key] = value
     check_keys(nested)  # every setting is a real config key
-    config = load_config(overrides=[f"preset={name}"])
+    teacher = ["distill.teacher=toy"] if "distill.mode" in preset.settings else []  # opd needs a teacher
+    config = load_config(overrides=[f"preset={name}", *teacher])
     assert config.algorithm == preset.algorithm
     for dotted, value in preset.settings.items():
         section, key = dotted.split(".", 1)

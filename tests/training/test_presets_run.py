@@ -38,6 +38,7 @@ def test_preset_runs_a_step(preset, tmp_path):
             "training.max_sampling_rounds=2",
             "eval.num_problems=4",
             f"logging.output_dir={tmp_path}",
+            *(["distill.teacher=toy"] if "distill.mode" in PRESETS.get(preset).settings else []),
         ],
     )
     trainer = Trainer(config, log=lambda *a: None)

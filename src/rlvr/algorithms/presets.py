@@ -42,7 +42,7 @@ class Preset:
             if "." not in key or section == "algorithm":
                 raise ConfigError(
                     f"preset '{self.name}': setting '{key}' must be a dotted key of another section "
-                    "(rollout.*, optim.*, critic.*, training.*); algorithm settings go in Preset.algorithm"
+                    "(rollout.*, optim.*, critic.*, training.*, distill.*); algorithm settings go in Preset.algorithm"
                 )
         object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
         object.__setattr__(self, "notes", MappingProxyType(dict(self.notes)))
@@ -470,6 +470,37 @@ _BUILTIN: tuple[Preset, ...] = (
             "training.updates_per_step": 8,
         },
         notes={"32B models": "kl_cov_ratio 2e-4 and lr 1e-6"},
+    ),
+    Preset(
+        name="opd",
+        summary="On-policy distillation: the teacher's per-token log-ratio on the student's samples is the advantage.",
+        citation=(
+            "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes (GKD), arXiv "
+            "2306.13649, sec. 3 (on-policy data, reverse KL; lambda = 1) and Algorithm 1 (one sample per input); "
+            "the single-sample per-token estimate as advantage and the clip range are rlvr's choices"
+        ),
+        algorithm=A(
+            advantage="grpo",
+            policy_loss="ppo_clip",
+            aggregation="seq-mean-token-mean",
+            eps_low=0.2,
+            eps_high=0.2,
+            kl_coef=0.0,
+        ),
+        settings={
+            "distill.mode": "advantage",
+            "distill.reward_weight": 0.0,
+            "rollout.samples_per_prompt": 1,
+            "rollout.temperature": 1.0,
+            "training.ppo_epochs": 1,
+            "training.updates_per_step": 1,
+        },
+        notes={
+            "distill.teacher": "required: a model sharing model.path's tokenizer (a larger model of its family)",
+            "aggregation": "GKD's sequence divergence is the mean over a sequence's tokens (sec. 3): seq-mean-token-mean",
+            "advantage": "grpo is computed on the task reward for its metrics only (reward_weight 0)",
+            "KL": "no KL to the initial model: the teacher is the anchor",
+        },
     ),
 )
 

@@ -17,7 +17,6 @@ directory are those of ``rlvr train``.
 from __future__ import annotations
 
 import math
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -40,9 +39,8 @@ from rlvr.config import (
     merge_layers,
     parse_overrides,
     read_yaml,
-    to_dict,
 )
-from rlvr.distributed import all_reduce_max, all_reduce_sum, broadcast_object, rank, world_size
+from rlvr.distributed import all_reduce_max, all_reduce_sum, rank, world_size
 from rlvr.errors import ConfigError
 from rlvr.training.sft_data import (
     SFTDataSettings,
@@ -54,9 +52,9 @@ from rlvr.training.sft_data import (
     read_sft_examples,
     sft_logits,
     sft_loss,
-    shuffled_steps,
     tokenize_examples,
 )
+from rlvr.training.stage_run import StageResult, rank_rows, run_stage, silent, step_rows
 
 # --- settings -------------------------------------------------------------------------------------
 
@@ -230,24 +228,9 @@ def read_data(c: SFTDataConfig, seed: int) -> tuple[list[SFTExample], list[SFTEx
 
 def total_steps(c: SFTTrainingConfig, num_examples: int) -> int:
     """``training.steps``, or ``epochs`` x the steps of one pass over ``num_examples``."""
-    if c.steps is not None:
-        return c.steps
-    return (c.epochs or 1) * math.ceil(num_examples / c.examples_per_step)
+    from rlvr.training.stage_run import total_steps as steps_of
 
-
-def step_rows(step: int, num_examples: int, examples_per_step: int, seed: int) -> list[int]:
-    """The examples of optimizer step ``step`` (over all ranks): epoch e's order is a permutation
-    drawn from seed + e (:func:`shuffled_steps`), so a step's examples depend on nothing else and a
-    resumed run needs no generator state."""
-    per_epoch = math.ceil(num_examples / examples_per_step)
-    epoch, index = divmod(step, per_epoch)
-    generator = torch.Generator().manual_seed(seed + epoch)
-    return shuffled_steps(num_examples, examples_per_step, generator)[index]
-
-
-def rank_rows(rows: Sequence[int]) -> list[int]:
-    """This rank's share of a step's examples: every N-th, from its rank on."""
-    return list(rows[rank() :: world_size()])
+    return steps_of(c.steps, c.epochs, num_examples, c.examples_per_step)
 
 
 # --- one step -------------------------------------------------------------------------------------
@@ -325,11 +308,7 @@ def held_out_loss(model: Any, examples: Sequence[TokenizedExample], s: BatchSett
 # --- the run --------------------------------------------------------------------------------------
 
 
-@dataclass
-class SFTResult:
-    output_dir: Path
-    steps: int
-    interrupted: bool = False
+SFTResult = StageResult
 
 
 PROGRESS_FIELDS = (
@@ -353,7 +332,7 @@ class SFTRun:
         if config.parallel.mixed_precision != "none":  # float32 shards; FSDP2 gathers them in bfloat16
             config = replace(config, model=replace(config.model, dtype="float32"))
         c = self.config = config
-        self.log = log if rank() == 0 else _silent
+        self.log = log if rank() == 0 else silent
         self.out = Path(c.logging.output_dir)
         self.device = resolve_device(c.training.device)
         init_from_environment(timeout_s=c.parallel.timeout_s, use_cuda=self.device.type == "cuda")
@@ -385,9 +364,6 @@ class SFTRun:
             device=self.device,
             autocast_dtype=autocast_dtype(c.model),
         )
-        self.step = 0
-        self._saved_step: int | None = None
-        self._stop_requested = False
 
     def train_step(self, step: int) -> dict[str, float]:
         """One optimizer step on the examples of ``step``; returns its metrics."""
@@ -430,62 +406,6 @@ class SFTRun:
             loss, tokens = held_out_loss(self.model, self.held.examples, self.batching)
         return {"eval/loss": loss, "eval/tokens": tokens}
 
-    # --- checkpoints and the run directory ---------------------------------------------------------
-
-    def save(self) -> None:
-        from rlvr.training.checkpoint import save_checkpoint
-
-        save_checkpoint(
-            self.out,
-            self.step,
-            model=self.model,
-            tokenizer=self.tokenizer,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            trainer_state={"step": self.step},
-            keep_last=self.config.checkpoint.keep_last,
-        )
-        self._saved_step = self.step
-
-    def resume(self) -> bool:
-        """Load the newest intact checkpoint; False when there is none."""
-        from rlvr.training.checkpoint import load_latest_checkpoint
-
-        loaded = load_latest_checkpoint(
-            self.out, log=self.log, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
-        )
-        if loaded is None:
-            return False
-        path, state = loaded
-        self.step = self._saved_step = int(state["step"])
-        self.log(f"resumed from {path} at step {self.step}")
-        return True
-
-    def _start(self, *, resume: bool, overwrite: bool) -> bool:
-        """Rank 0 applies the run-directory rules (:mod:`rlvr.training.run_dir`) and every rank gets
-        the verdict; then, with ``resume``, every rank loads the latest checkpoint. True if it did."""
-        from rlvr.training.run_dir import prepare_run_dir, write_config
-
-        verdict: tuple[str, Any] = ("start", [])
-        if rank() == 0:
-            try:
-                notes = prepare_run_dir(
-                    self.out, to_dict(self.given_config), resume=resume, overwrite=overwrite
-                )
-                self.out.mkdir(parents=True, exist_ok=True)
-                verdict = ("start", notes)
-            except (ConfigError, OSError) as err:
-                verdict = ("refuse", str(err))
-        kind, value = broadcast_object(verdict)  # type: ignore[misc]
-        if kind == "refuse":
-            raise ConfigError(value)
-        for note in value:
-            self.log(note)
-        resumed = self.resume() if resume else False
-        if rank() == 0:
-            write_config(self.out, to_dict(self.given_config))
-        return resumed
-
     def describe(self) -> str:
         from rlvr.training.model import count_parameters
 
@@ -502,79 +422,16 @@ class SFTRun:
         )
 
     def run(self, *, resume: bool = False, overwrite: bool = False) -> SFTResult:
-        """Train from step 0, or with ``resume`` from the latest checkpoint; write ``RUN/final``."""
-        from rlvr.logging import ConsoleProgress, MetricsLogger
-
-        c = self.config
-        resumed = self._start(resume=resume, overwrite=overwrite)
-        self.log(self.describe())
-        for what, lines in (
-            ("bad row(s) skipped", self.skipped),
-            ("example(s) too long dropped", self.train.dropped),
-        ):
-            if lines:
-                self.log(f"{len(lines)} {what}; first: {lines[0]}")
-        logger = MetricsLogger(
-            self.out,
-            tensorboard=c.logging.tensorboard,
-            wandb_project=c.logging.wandb_project,
-            config=to_dict(self.given_config),
+        """Train from step 0, or with ``resume`` from the latest checkpoint; write ``RUN/final``
+        (:func:`rlvr.training.stage_run.run_stage`: run directory, checkpoints, logging, Ctrl-C)."""
+        return run_stage(
+            self,
+            resume=resume,
+            overwrite=overwrite,
+            progress_fields=PROGRESS_FIELDS,
+            notes=(("bad row(s) skipped", self.skipped), ("example(s) too long dropped", self.train.dropped)),
+            evaluate_first=self.held is not None,
         )
-        if resumed:
-            logger.truncate_after(self.step)
-        elif self.held is not None:
-            logger.log(0, self.evaluate())
-        progress = ConsoleProgress(
-            self.steps, start_step=self.step, every=c.logging.log_every, fields=PROGRESS_FIELDS, timings=()
-        )
-        previous = signal.signal(signal.SIGINT, self._request_stop)
-        try:
-            interrupted = self._train_steps(logger, progress)
-            if self._saved_step != self.step:
-                self.save()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        if interrupted:
-            self.log(f"interrupted: the state at step {self.step} is saved; --resume continues it")
-        else:
-            self._write_final()
-        logger.close()
-        return SFTResult(self.out, self.step, interrupted)
-
-    def _train_steps(self, logger: Any, progress: Any) -> bool:
-        """The steps up to the last, with held-out losses and checkpoints; True when a Ctrl-C stopped them."""
-        c = self.config
-        while self.step < self.steps:
-            metrics = self.train_step(self.step)
-            self.step += 1
-            if self.step == self.steps or (c.eval.every and self.step % c.eval.every == 0):
-                metrics.update(self.evaluate())
-            logger.log(self.step, metrics)
-            progress.update(self.step, metrics)
-            if c.checkpoint.every and self.step % c.checkpoint.every == 0:
-                self.save()
-            if all_reduce_max(torch.tensor(float(self._stop_requested))).item() > 0:
-                return True
-        return False
-
-    def _write_final(self) -> None:
-        """``RUN/final``: the model (a LoRA adapter as peft saves it) and tokenizer, for ``from_pretrained``."""
-        from rlvr.training.model import save_model_dir
-        from rlvr.training.sharded_state import export_state
-
-        state = export_state(self.model)  # every rank: gathering a sharded model is collective
-        if rank() == 0:
-            save_model_dir(self.model, self.tokenizer, self.out / "final", state_dict=state)
-
-    def _request_stop(self, signum: int, frame: Any) -> None:
-        """SIGINT: stop after the step in progress and save; a second one stops at once."""
-        if self._stop_requested:
-            raise KeyboardInterrupt
-        self._stop_requested = True
-
-
-def _silent(*args: Any, **kwargs: Any) -> None:
-    """The log of ranks other than 0."""
 
 
 def train_sft(

@@ -1,9 +1,10 @@
-"""Loading the policy, its tokenizer and the reference model."""
+"""Loading the policy, its tokenizer, the reference model and a distillation teacher."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,55 @@ class ReferenceModel:
         else:
             with torch.no_grad():
                 yield self._model
+
+
+def load_teacher(cfg: ModelConfig, teacher: str, device: torch.device, student_tokenizer: Any) -> Any:
+    """The frozen teacher of on-policy distillation (``distill.teacher``), in eval mode.
+
+    Loaded with the policy's dtype, autocast and device settings (``model.*``: the same weights
+    dtype as the reference model, which is a copy of the policy). Its tokenizer must be the
+    student's: token ids are scored by the teacher as they are, so another vocabulary (or the same
+    tokens under other ids) is refused here, naming both models.
+    """
+    from transformers import AutoModelForCausalLM
+
+    teacher_cfg = dataclasses.replace(cfg, path=teacher, lora_rank=0, gradient_checkpointing=False)
+    try:
+        tokenizer = load_tokenizer(teacher_cfg)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("'model.path'", "'distill.teacher'")) from None
+    check_same_vocabulary(tokenizer, student_tokenizer, teacher=teacher, student=cfg.path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_model_path(teacher),
+            dtype=weights_dtype(cfg, device),
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except OSError as e:
+        raise ConfigError(f"setting 'distill.teacher': cannot load a model from '{teacher}' ({e})") from None
+    model.to(device)
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def check_same_vocabulary(
+    teacher_tokenizer: Any, student_tokenizer: Any, *, teacher: str, student: str
+) -> None:
+    """ConfigError naming both models unless the two tokenizers map the same tokens to the same ids."""
+    t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if t_vocab == s_vocab:
+        return
+    if len(t_vocab) != len(s_vocab):
+        detail = f"{len(t_vocab)} tokens vs {len(s_vocab)}"
+    else:
+        token = sorted(set(t_vocab.items()) ^ set(s_vocab.items()))[0][0]
+        detail = f"token {token!r} has id {t_vocab.get(token)} vs {s_vocab.get(token)}"
+    raise ConfigError(
+        f"setting 'distill.teacher': the teacher '{teacher}' has another tokenizer than the student "
+        f"model.path '{student}' ({detail}); on-policy distillation scores the student's token ids with the "
+        "teacher, so both must share one vocabulary"
+    )
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

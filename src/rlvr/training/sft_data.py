@@ -42,6 +42,7 @@ from rlvr.errors import ConfigError, DataError, UnknownNameError
 from rlvr.tasks.loading import BadRow, get_field, iter_rows
 from rlvr.tasks.templates import TEMPLATES, Messages, render_prompt
 from rlvr.training.model import autocast_context
+from rlvr.training.stage_run import shuffled_steps as shuffled_steps  # the order of a step's examples
 
 SFTFormat = Literal["prompt_completion", "messages"]
 TooLong = Literal["error", "drop"]
@@ -455,6 +456,11 @@ def padded_micro_batches(
     return [_layout(examples, [[r] for r in chunk], pad_id, packed=False) for chunk in chunks]
 
 
+def pad_rows(examples: Sequence[TokenizedExample], rows: Sequence[int], pad_id: int) -> SFTMicroBatch:
+    """One right-padded micro-batch of ``rows``, in the order given (no sorting, no budget)."""
+    return _layout(examples, [[r] for r in rows], pad_id, packed=False)
+
+
 def pack_rows(lengths: Sequence[int], rows: Sequence[int], capacity: int) -> list[list[int]]:
     """Bins of ``rows`` whose ``lengths`` sum to at most ``capacity``: first fit, longest first.
 
@@ -510,13 +516,6 @@ def packed_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torc
     allowed = (same & causal)[:, None]  # [b, 1, T, T]
     zero = torch.zeros((), dtype=dtype, device=segment_ids.device)
     return torch.where(allowed, zero, torch.tensor(float("-inf"), dtype=dtype, device=segment_ids.device))
-
-
-def shuffled_steps(num_examples: int, examples_per_step: int, generator: torch.Generator) -> list[list[int]]:
-    """One epoch's optimizer steps: a permutation of the examples drawn from ``generator``, cut into
-    steps of ``examples_per_step`` (the last may be shorter). The same seed gives the same steps."""
-    order = torch.randperm(num_examples, generator=generator).tolist()
-    return [order[i : i + examples_per_step] for i in range(0, num_examples, examples_per_step)]
 
 
 def count_targets(examples: Sequence[TokenizedExample], rows: Sequence[int]) -> int:

@@ -27,6 +27,7 @@ import torch
 
 from rlvr.algorithms.advantages import ADVANTAGE_TENSOR_ARGS, ADVANTAGES, whiten_advantages
 from rlvr.algorithms.config import hyperparameters_for
+from rlvr.algorithms.distill import distillation_advantages, distillation_metrics, teacher_log_ratio
 from rlvr.algorithms.filters import apply_filters, filter_stages, sequence_advantages
 from rlvr.algorithms.kl import fold_kl_into_rewards, kl_penalty
 from rlvr.algorithms.samplers import PromptSampler, difficulties_from_problems
@@ -54,6 +55,7 @@ from rlvr.training.model import (
     autocast_dtype,
     count_parameters,
     load_policy,
+    load_teacher,
     load_tokenizer,
     resolve_device,
     save_model_dir,
@@ -163,6 +165,10 @@ class Trainer:
         self.reference = ReferenceModel(self.model) if needs_reference_model(c.algorithm) else None
         if self.reference is not None and not self.reference.shares_policy:
             self.parallel.prepare(self.reference.model)  # sharded too, with no optimizer state
+        self.teacher = None  # on-policy distillation: a frozen model of the same vocabulary
+        if c.distill.teacher is not None:
+            self.teacher = load_teacher(c.model, c.distill.teacher, self.device, self.tokenizer)
+            self.parallel.prepare(self.teacher)  # sharded like the reference, with no optimizer state
         self.parallel.prepare(self.model)  # before the optimizer: FSDP2 replaces the parameters
         self.optimizer, self.scheduler = build_optimizer(self.model, c)
         self.critic: Critic | None = None
@@ -282,10 +288,11 @@ class Trainer:
     def prepare_advantages(self, batch: RolloutBatch) -> dict[str, float]:
         """Fill ``batch.extra`` with everything the updates read; return the metrics.
 
-        Old logprobs (recomputed in half precision), the reference model's logprobs and the KL
-        (in the loss or folded into the token rewards), the critic's values V(s_t) at rollout time,
-        then the advantage estimator: ``advantages`` (whitened when configured) for the policy and,
-        from critic-based estimators, ``returns``, the critic's targets.
+        Old logprobs (recomputed in half precision, or to match a teacher's), the reference model's
+        logprobs and the KL (in the loss or folded into the token rewards), a distillation teacher's
+        logprobs (its log-ratio folded into the token rewards, or made the advantage), the critic's
+        values V(s_t) at rollout time, then the advantage estimator: ``advantages`` (whitened when
+        configured) for the policy and, from critic-based estimators, ``returns``, the critic's targets.
         """
         c, alg = self.config, self.config.algorithm
         metrics: dict[str, float] = {}
@@ -322,6 +329,20 @@ class Trainer:
                 rewards = fold_kl_into_rewards(
                     rewards=rewards, kl=kl, mask=batch.response_mask, kl_coef=alg.kl_coef
                 )
+        distill = c.distill
+        if self.teacher is not None:  # the teacher's log-probabilities of the sampled tokens
+            metrics.update(self.score_with_teacher(batch))
+            if distill.mode == "reward":  # log pi - log pi_teacher is a KL to the teacher: folded like
+                rewards = fold_kl_into_rewards(  # kl_placement=reward (docs/algorithms.md)
+                    rewards=rewards,
+                    kl=-teacher_log_ratio(
+                        teacher_logprobs=batch.extra["teacher_logprobs"],
+                        logprobs=batch.old_logprobs,
+                        mask=batch.response_mask,
+                    ),
+                    mask=batch.response_mask,
+                    kl_coef=distill.coef,
+                )
         if self.critic is not None:
             batch.extra["values"] = self.critic.values(batch)  # [B, T] V(s_t), before any update
         estimator = ADVANTAGES.get(alg.advantage)
@@ -334,6 +355,14 @@ class Trainer:
         )
         metrics.update(adv.metrics)
         advantages = adv.advantages
+        if self.teacher is not None and distill.mode == "advantage":  # A_t = r_t + w * A_task_t
+            advantages = distillation_advantages(
+                teacher_logprobs=batch.extra["teacher_logprobs"],
+                logprobs=batch.old_logprobs,
+                mask=batch.response_mask,
+                task_advantages=advantages,
+                reward_weight=distill.reward_weight,
+            )
         if alg.whiten_advantages:
             advantages = whiten_advantages(advantages, batch.response_mask)
         batch.extra["advantages"] = advantages
@@ -342,6 +371,32 @@ class Trainer:
         if self.critic is not None:
             metrics.update(value_metrics(batch.extra["values"], batch.extra["returns"], batch.response_mask))
         return metrics
+
+    def score_with_teacher(self, batch: RolloutBatch) -> dict[str, float]:
+        """On-policy distillation: the teacher's log-probabilities of the sampled tokens into
+        ``batch.extra["teacher_logprobs"]`` [B, T], computed like the reference model's (same
+        micro-batches, temperature and autocast); returns ``distill/reverse_kl`` (mean over the
+        response tokens of all ranks of log pi_student - log pi_teacher) and ``distill/teacher_logprob``.
+        """
+        settings = self.update_settings
+        with torch.no_grad():
+            batch.extra["teacher_logprobs"] = compute_logprobs(
+                self.teacher,
+                batch,
+                settings.temperature,
+                self.config.training.micro_batch_tokens,
+                settings.autocast_dtype,
+            )
+        sums = distillation_metrics(
+            teacher_logprobs=batch.extra["teacher_logprobs"],
+            logprobs=batch.old_logprobs,
+            mask=batch.response_mask,
+        )
+        reverse_kl, teacher_logprob, tokens = all_reduce_sum(sums).tolist()
+        return {
+            "distill/reverse_kl": reverse_kl / max(tokens, 1.0),
+            "distill/teacher_logprob": teacher_logprob / max(tokens, 1.0),
+        }
 
     def _critic_schedule(self, batch: RolloutBatch, policy_schedule: list[torch.Tensor] | None) -> list:
         """The critic's mini-batches: the policy's, or ``critic.updates_per_step`` of its own per epoch."""
@@ -413,6 +468,8 @@ class Trainer:
         differ enough to bias the ratio, so they are recomputed there.
         """
         half = self.update_settings.autocast_dtype is not None
+        if self.teacher is not None and self.ahead is None:
+            return True  # the same forward as the teacher's: equal weights give r_t = 0 exactly
         return half or next(self.model.parameters()).dtype != torch.float32
 
     def _make_batch(self, groups: list[ScoredGroup]) -> RolloutBatch:

@@ -1,0 +1,241 @@
+"""What the supervised stages (``rlvr sft``, ``rlvr dpo``) share around their step.
+
+A stage builds its parts (data, tokenizer, model, optimizer) and a ``train_step``; this module gives
+it the order of the rows of each step, a rank's share of them, and the run itself::
+
+    run directory rules (new, --resume, --overwrite) -> resume from the newest checkpoint
+      -> held-out metrics at step 0 -> steps: train_step, held-out metrics every eval.every steps,
+         metrics to JSONL/TensorBoard, a console line, checkpoints every checkpoint.every steps
+      -> a checkpoint at the end (or on Ctrl-C) -> RUN/final (unless interrupted)
+
+The stage object passed to :func:`run_stage` follows :class:`Stage`.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from rlvr.config import to_dict
+from rlvr.distributed import all_reduce_max, broadcast_object, rank, world_size
+from rlvr.errors import ConfigError
+
+# --- the rows of a step ----------------------------------------------------------------------------
+
+
+def total_steps(steps: int | None, epochs: int | None, num_rows: int, rows_per_step: int) -> int:
+    """``steps``, or ``epochs`` (None: 1) x the steps of one pass over ``num_rows``."""
+    if steps is not None:
+        return steps
+    return (epochs or 1) * math.ceil(num_rows / rows_per_step)
+
+
+def shuffled_steps(num_rows: int, rows_per_step: int, generator: torch.Generator) -> list[list[int]]:
+    """One epoch's optimizer steps: a permutation of the rows drawn from ``generator``, cut into
+    steps of ``rows_per_step`` (the last may be shorter). The same seed gives the same steps."""
+    order = torch.randperm(num_rows, generator=generator).tolist()
+    return [order[i : i + rows_per_step] for i in range(0, num_rows, rows_per_step)]
+
+
+def step_rows(step: int, num_rows: int, rows_per_step: int, seed: int) -> list[int]:
+    """The rows of optimizer step ``step`` (over all ranks): epoch e's order is a permutation drawn
+    from seed + e (:func:`shuffled_steps`), so a step's rows depend on nothing else and a resumed run
+    needs no generator state."""
+    per_epoch = math.ceil(num_rows / rows_per_step)
+    epoch, index = divmod(step, per_epoch)
+    generator = torch.Generator().manual_seed(seed + epoch)
+    return shuffled_steps(num_rows, rows_per_step, generator)[index]
+
+
+def rank_rows(rows: Sequence[int]) -> list[int]:
+    """This rank's share of a step's rows: every N-th, from its rank on."""
+    return list(rows[rank() :: world_size()])
+
+
+def silent(*args: Any, **kwargs: Any) -> None:
+    """The log of ranks other than 0."""
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+
+class Stage(Protocol):
+    """What :func:`run_stage` reads of a stage's parts."""
+
+    config: Any  # .logging (output_dir, log_every, tensorboard, wandb_project), .eval.every, .checkpoint
+    given_config: Any  # the settings as written: what config.json records and --resume compares
+    out: Path
+    log: Callable[..., Any]
+    model: Any
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    steps: int
+
+    def train_step(self, step: int) -> dict[str, float]: ...
+
+    def evaluate(self) -> dict[str, float]: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass
+class StageResult:
+    output_dir: Path
+    steps: int
+    interrupted: bool = False
+
+
+@dataclass
+class _Loop:
+    """The state of one run: the step reached, the last step saved, and whether Ctrl-C was pressed."""
+
+    stage: Any
+    step: int = 0
+    saved_step: int | None = None
+    stop_requested: bool = False
+
+    def save(self) -> None:
+        from rlvr.training.checkpoint import save_checkpoint
+
+        s = self.stage
+        save_checkpoint(
+            s.out,
+            self.step,
+            model=s.model,
+            tokenizer=s.tokenizer,
+            optimizer=s.optimizer,
+            scheduler=s.scheduler,
+            trainer_state={"step": self.step},
+            keep_last=s.config.checkpoint.keep_last,
+        )
+        self.saved_step = self.step
+
+    def resume(self) -> bool:
+        """Load the newest intact checkpoint; False when there is none."""
+        from rlvr.training.checkpoint import load_latest_checkpoint
+
+        s = self.stage
+        loaded = load_latest_checkpoint(
+            s.out, log=s.log, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler
+        )
+        if loaded is None:
+            return False
+        path, state = loaded
+        self.step = self.saved_step = int(state["step"])
+        s.log(f"resumed from {path} at step {self.step}")
+        return True
+
+    def start(self, *, resume: bool, overwrite: bool) -> bool:
+        """Rank 0 applies the run-directory rules (:mod:`rlvr.training.run_dir`) and every rank gets
+        the verdict; then, with ``resume``, every rank loads the latest checkpoint. True if it did."""
+        from rlvr.training.run_dir import prepare_run_dir, write_config
+
+        s = self.stage
+        verdict: tuple[str, Any] = ("start", [])
+        if rank() == 0:
+            try:
+                notes = prepare_run_dir(s.out, to_dict(s.given_config), resume=resume, overwrite=overwrite)
+                s.out.mkdir(parents=True, exist_ok=True)
+                verdict = ("start", notes)
+            except (ConfigError, OSError) as err:
+                verdict = ("refuse", str(err))
+        kind, value = broadcast_object(verdict)  # type: ignore[misc]
+        if kind == "refuse":
+            raise ConfigError(value)
+        for note in value:
+            s.log(note)
+        resumed = self.resume() if resume else False
+        if rank() == 0:
+            write_config(s.out, to_dict(s.given_config))
+        return resumed
+
+    def train_steps(self, logger: Any, progress: Any) -> bool:
+        """The steps up to the last, with held-out metrics and checkpoints; True when Ctrl-C stopped them."""
+        s = self.stage
+        c = s.config
+        while self.step < s.steps:
+            metrics = s.train_step(self.step)
+            self.step += 1
+            if self.step == s.steps or (c.eval.every and self.step % c.eval.every == 0):
+                metrics.update(s.evaluate())
+            logger.log(self.step, metrics)
+            progress.update(self.step, metrics)
+            if c.checkpoint.every and self.step % c.checkpoint.every == 0:
+                self.save()
+            if all_reduce_max(torch.tensor(float(self.stop_requested))).item() > 0:
+                return True
+        return False
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """SIGINT: stop after the step in progress and save; a second one stops at once."""
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+
+
+def write_final(model: Any, tokenizer: Any, out: Path) -> None:
+    """``out/final``: the model (a LoRA adapter as peft saves it) and tokenizer, for ``from_pretrained``."""
+    from rlvr.training.model import save_model_dir
+    from rlvr.training.sharded_state import export_state
+
+    state = export_state(model)  # every rank: gathering a sharded model is collective
+    if rank() == 0:
+        save_model_dir(model, tokenizer, out / "final", state_dict=state)
+
+
+def run_stage(
+    stage: Stage,
+    *,
+    resume: bool,
+    overwrite: bool,
+    progress_fields: Sequence[tuple[str, tuple[str, ...], str]],
+    notes: Sequence[tuple[str, list[str]]] = (),
+    evaluate_first: bool = False,
+) -> StageResult:
+    """Run ``stage`` from step 0, or with ``resume`` from the latest checkpoint; write ``RUN/final``.
+
+    ``notes`` are (what, messages) lines logged at the start (rows skipped, examples dropped);
+    ``evaluate_first`` logs the held-out metrics at step 0 of a new run.
+    """
+    from rlvr.logging import ConsoleProgress, MetricsLogger
+
+    c = stage.config
+    loop = _Loop(stage)
+    resumed = loop.start(resume=resume, overwrite=overwrite)
+    stage.log(stage.describe())
+    for what, lines in notes:
+        if lines:
+            stage.log(f"{len(lines)} {what}; first: {lines[0]}")
+    logger = MetricsLogger(
+        stage.out,
+        tensorboard=c.logging.tensorboard,
+        wandb_project=c.logging.wandb_project,
+        config=to_dict(stage.given_config),
+    )
+    if resumed:
+        logger.truncate_after(loop.step)
+    elif evaluate_first:
+        logger.log(0, stage.evaluate())
+    progress = ConsoleProgress(
+        stage.steps, start_step=loop.step, every=c.logging.log_every, fields=progress_fields, timings=()
+    )
+    previous = signal.signal(signal.SIGINT, loop.request_stop)
+    try:
+        interrupted = loop.train_steps(logger, progress)
+        if loop.saved_step != loop.step:
+            loop.save()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        stage.log(f"interrupted: the state at step {loop.step} is saved; --resume continues it")
+    else:
+        write_final(stage.model, stage.tokenizer, stage.out)
+    logger.close()
+    return StageResult(stage.out, loop.step, interrupted)
