@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from rlvr.algorithms.presets import PRESETS
 from rlvr.config import load_config
 from rlvr.distributed import init_from_environment, rank, shutdown, world_size
 from rlvr.rollout.types import SamplingParams
@@ -32,12 +33,14 @@ REWARDS = [[1, 0, 0, 1], [0, 0, 0, 1], [1, 1, 1, 1], [0, 1, 1, 0]]
 """Per group: mixed, one correct, all correct (a zero-variance group), mixed."""
 
 
-def settings(preset: str, strategy: str, out: str) -> list[str]:
-    """The run's settings; ``strategy`` may end in ``+checkpointing`` (activation checkpointing)."""
+def settings(preset: str, strategy: str, out: str, teacher: str = "toy") -> list[str]:
+    """The run's settings; ``strategy`` may end in ``+checkpointing`` (activation checkpointing);
+    ``teacher``: the model a distilling preset learns from."""
     strategy, _, extra = strategy.partition("+")
     return [
         *(["model.gradient_checkpointing=true"] if extra == "checkpointing" else []),
         f"preset={preset}",
+        *([f"distill.teacher={teacher}"] if "distill.mode" in PRESETS.get(preset).settings else []),
         "rollout.prompts_per_step=4",
         "rollout.samples_per_prompt=4",
         "rollout.max_new_tokens=12",
@@ -73,6 +76,16 @@ def make_groups(path: str) -> None:
         for g in range(4)
     ]
     Path(path).write_bytes(pickle.dumps(groups))
+    torch.manual_seed(5)  # a teacher for the distilling presets: the toy, moved away from it
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    trainer.model.save_pretrained(teacher_dir(path))
+    trainer.tokenizer.save_pretrained(teacher_dir(path))
+
+
+def teacher_dir(groups_path: str) -> str:
+    return str(Path(groups_path).parent / "teacher")
 
 
 def full_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -93,7 +106,8 @@ def learn(groups_path: str, out: str, strategy: str, split: str, presets: list[s
         mine = groups if rank() == 0 else []
     for preset in presets:
         trainer = Trainer(
-            load_config(None, settings(preset, strategy, f"{out}/run-{preset}")), log=lambda s: None
+            load_config(None, settings(preset, strategy, f"{out}/run-{preset}", teacher_dir(groups_path))),
+            log=lambda s: None,
         )
         metrics = trainer.learn(StepRollouts(groups=mine))
         weights = full_weights(trainer)
