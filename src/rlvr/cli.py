@@ -11,6 +11,7 @@ rlvr merge MODEL_A MODEL_B [...] --output DIR [--weights W ...] [--base BASE] [k
 rlvr sft CONFIG [key=value ...] [--resume | --overwrite]
 rlvr dpo CONFIG [key=value ...] [--resume | --overwrite]
 rlvr sample MODEL_OR_RUN_DIR [CONFIG.yaml] [key=value ...] [--n N] [--select RULE] [--output DIR] ...
+rlvr pipeline FILE [--from STAGE] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -324,6 +325,17 @@ def _dpo_settings_help() -> str:
     return "\n".join(f"{key} = {value!r}    # {doc}" for key, value, doc in describe(None, DPOConfig))
 
 
+def _pipeline(args: argparse.Namespace) -> int:
+    from rlvr.stages.pipeline import Interrupted, run_pipeline
+
+    try:
+        run_pipeline(args.file, start=args.start, root=args.dir)
+    except Interrupted:
+        print(f"stopped; run the same command again to continue: rlvr pipeline {args.file}")
+        return 130
+    return 0
+
+
 def _merge_settings_help() -> str:
     from rlvr.config import describe
     from rlvr.stages.merge import MergeConfig
@@ -514,6 +526,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete the run that logging.output_dir holds and start again",
     )
     dpo.set_defaults(func=_dpo)
+
+    pipeline = sub.add_parser(
+        "pipeline",
+        help="run named stages (sft, train, sample, dpo, merge, eval) in order, each one's outputs the next's inputs",
+        description="Run the stages of the pipeline FILE in order, each in DIR/NAME; a stage refers to an earlier "
+        "one's outputs as ${stages.NAME.KEY}. A stage already done is not redone, an interrupted one resumes, "
+        "and one whose settings changed is refused. See docs/pipeline.md.",
+    )
+    pipeline.add_argument("file", metavar="FILE")
+    pipeline.add_argument(
+        "--from",
+        dest="start",
+        default=None,
+        metavar="STAGE",
+        help="redo STAGE and the stages after it (what the pipeline wrote for them is deleted first)",
+    )
+    pipeline.add_argument("--dir", default=None, help="run in this directory instead of the file's 'dir'")
+    pipeline.set_defaults(func=_pipeline)
 
     plot = sub.add_parser("plot", help="PNG curves of a run's metrics")
     plot.add_argument("run_dir")
