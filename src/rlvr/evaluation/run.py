@@ -73,12 +73,10 @@ def resolve_targets(model: str, checkpoint: str) -> list[Target]:
 
 def load_eval_tokenizer(path: str) -> Any:
     """The tokenizer of the model at ``path`` (its pad token set), without the weights."""
-    from transformers import AutoTokenizer
-
-    from rlvr.training.model import resolve_model_path
+    from rlvr.training.model import resolve_model_path, tokenizer_from_pretrained
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path))
+        tokenizer = tokenizer_from_pretrained(resolve_model_path(path))
     except OSError as e:
         raise ConfigError(f"cannot load a tokenizer from {path!r} ({e})") from None
     if tokenizer.pad_token_id is None:

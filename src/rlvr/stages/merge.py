@@ -330,10 +330,10 @@ def check_tensors(ref: InputModel, other: InputModel, names: set[str], same_dtyp
 
 
 def load_tokenizer_of(model: InputModel) -> Any:
-    from transformers import AutoTokenizer
+    from rlvr.training.model import tokenizer_from_pretrained
 
     try:
-        return AutoTokenizer.from_pretrained(str(model.path))
+        return tokenizer_from_pretrained(model.path)
     except (OSError, ValueError, TypeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(

@@ -577,7 +577,9 @@ def export_merged(
         from peft import PeftConfig, PeftModel
     except ImportError:
         raise ConfigError("export_merged needs peft: pip install peft") from None
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from rlvr.training.model import tokenizer_from_pretrained
 
     checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
     if not (checkpoint_dir / ADAPTER_CONFIG).is_file():
@@ -596,5 +598,5 @@ def export_merged(
     output_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(output_dir)
     if (checkpoint_dir / "tokenizer_config.json").is_file():
-        AutoTokenizer.from_pretrained(checkpoint_dir).save_pretrained(output_dir)
+        tokenizer_from_pretrained(checkpoint_dir).save_pretrained(output_dir)
     return output_dir

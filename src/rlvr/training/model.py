@@ -68,12 +68,36 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None) -> context
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def load_tokenizer(cfg: ModelConfig) -> Any:
-    from transformers import AutoTokenizer
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+"""``tokenizer_class`` values of a tokenizer saved as a plain ``tokenizer.json`` (the toy's)."""
 
+
+def tokenizer_from_pretrained(path: str | Path, *, trust_remote_code: bool = False) -> Any:
+    """``AutoTokenizer.from_pretrained(path)``, except for a tokenizer saved as the generic tokenizers
+    backend (``tokenizer_class`` in :data:`GENERIC_TOKENIZER_CLASSES`), which is loaded as it was saved.
+
+    Given a model config of a known type (the toy's ``qwen2``), ``AutoTokenizer`` builds that type's
+    tokenizer class from ``tokenizer.json`` and replaces its pre-tokenizer: the toy's one-token-per-
+    character split then loses every space and newline, and ``decode(encode(text))`` is not ``text``.
+    """
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(path) / "tokenizer_config.json"
+    try:
+        saved_class = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        saved_class = None
+    if saved_class in GENERIC_TOKENIZER_CLASSES and (Path(path) / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
     path = resolve_model_path(cfg.path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = tokenizer_from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     except OSError as e:
         raise ConfigError(f"setting 'model.path': cannot load a tokenizer from '{cfg.path}' ({e})") from None
     if tokenizer.pad_token_id is None:
