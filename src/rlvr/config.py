@@ -563,7 +563,7 @@ def validate_config(config: Config) -> None:
     validate_eval_settings(config.eval)
     validate_algorithm_config(config.algorithm)
     _validate_critic(config.critic)
-    _validate_parallel(config.parallel)
+    validate_parallel(config.parallel)
     if config.parallel.mixed_precision != "none" and config.model.dtype not in ("auto", "float32"):
         raise ConfigError(
             f"setting 'parallel.mixed_precision' ({config.parallel.mixed_precision}) keeps float32 shards and "
@@ -571,7 +571,7 @@ def validate_config(config: Config) -> None:
         )
 
 
-def _validate_parallel(p: ParallelConfig) -> None:
+def validate_parallel(p: ParallelConfig) -> None:
     if p.strategy != "fsdp2":
         for key, value, default in (
             ("parallel.mixed_precision", p.mixed_precision, "none"),

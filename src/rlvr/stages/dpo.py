@@ -35,17 +35,12 @@ from rlvr.config import (
     AT_LEAST_0,
     AT_LEAST_1,
     POSITIVE,
-    SETTING_RANGES,
     CheckpointConfig,
     ModelConfig,
     OptimConfig,
     ParallelConfig,
     Range,
-    _validate_parallel,
     check_ranges,
-    merge_layers,
-    parse_overrides,
-    read_yaml,
 )
 from rlvr.distributed import all_reduce_max, all_reduce_sum, rank, world_size
 from rlvr.errors import ConfigError, DataError, UnknownNameError
@@ -60,7 +55,22 @@ from rlvr.training.sft_data import (
     sft_logits,
     tokenize_example,
 )
-from rlvr.training.stage_run import StageResult, rank_rows, run_stage, silent, step_rows, total_steps
+from rlvr.training.stage_run import (
+    STAGE_SETTING_RANGES,
+    StageEvalConfig,
+    StageLoggingConfig,
+    StageResult,
+    load_stage_config,
+    logging_section,
+    micro_batch_to,
+    rank_rows,
+    run_stage,
+    silent,
+    split_held_out,
+    step_rows,
+    total_steps,
+    validate_stage_config,
+)
 
 # --- settings -------------------------------------------------------------------------------------
 
@@ -160,24 +170,6 @@ class DPOTrainingConfig:
 
 
 @dataclass
-class DPOEvalConfig:
-    every: int = 0
-    """Compute the held-out loss and accuracy every N steps (0: before and after training only)."""
-
-
-@dataclass
-class DPOLoggingConfig:
-    output_dir: str = "runs/dpo"
-    """Run directory: metrics.jsonl, TensorBoard events, checkpoints, the final model."""
-    log_every: int = 1
-    """Print a console line every N steps."""
-    tensorboard: bool = True
-    """Write TensorBoard event files."""
-    wandb_project: str | None = None
-    """Also log to Weights & Biases under this project (needs the wandb package)."""
-
-
-@dataclass
 class DPOConfig:
     """Settings of ``rlvr dpo``: defaults, then a YAML file, then ``key=value`` items."""
 
@@ -186,33 +178,20 @@ class DPOConfig:
     loss: DPOLossConfig = field(default_factory=DPOLossConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-6))
     training: DPOTrainingConfig = field(default_factory=DPOTrainingConfig)
-    eval: DPOEvalConfig = field(default_factory=DPOEvalConfig)
+    eval: StageEvalConfig = field(default_factory=StageEvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logging: DPOLoggingConfig = field(default_factory=DPOLoggingConfig)
+    logging: StageLoggingConfig = logging_section("runs/dpo")
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 DPO_SETTING_RANGES: dict[str, Range] = {
-    **{
-        k: v
-        for k, v in SETTING_RANGES.items()
-        if k.split(".")[0] in ("model", "optim", "checkpoint", "parallel")
-    },
-    "data.held_out_fraction": Range(0, 1, high_open=True),
-    "data.max_tokens": Range(2),
+    **STAGE_SETTING_RANGES,
     "loss.beta": POSITIVE,
     "loss.label_smoothing": Range(0, 0.5, high_open=True),
     "loss.ipo_tau": POSITIVE,
     "loss.simpo_gamma": AT_LEAST_0,
     "loss.sft_coef": AT_LEAST_0,
     "training.pairs_per_step": AT_LEAST_1,
-    "training.micro_batch_tokens": AT_LEAST_1,
-    "training.steps": AT_LEAST_1,
-    "training.epochs": AT_LEAST_1,
-    "training.seed": AT_LEAST_0,
-    "training.cpu_threads": AT_LEAST_1,
-    "eval.every": AT_LEAST_0,
-    "logging.log_every": AT_LEAST_1,
 }
 """The range of every numeric setting of :class:`DPOConfig`."""
 
@@ -222,33 +201,17 @@ def validate_dpo_config(c: DPOConfig) -> None:
     check_ranges(c, DPO_SETTING_RANGES)
     if not c.data.train.strip():
         raise ConfigError("setting 'data.train' is required: the pairs file (.jsonl, .json, .parquet)")
-    if c.data.held_out is not None and c.data.held_out_fraction > 0:
-        raise ConfigError("settings 'data.held_out' and 'data.held_out_fraction' exclude each other; set one")
-    if c.training.steps is not None and c.training.epochs is not None:
-        raise ConfigError("settings 'training.steps' and 'training.epochs' exclude each other; set one")
+    validate_stage_config(c)
     try:
         c.data.side(c.data.chosen)
     except ConfigError as e:
         raise ConfigError(str(e).replace("setting '", "setting 'data.", 1)) from None
     c.loss.hyperparameters()
-    _validate_parallel(c.parallel)
-    if c.parallel.mixed_precision != "none" and c.model.dtype not in ("auto", "float32"):
-        raise ConfigError(
-            f"setting 'parallel.mixed_precision' ({c.parallel.mixed_precision}) keeps float32 shards; "
-            f"model.dtype must be auto or float32, got {c.model.dtype}"
-        )
 
 
 def load_dpo_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DPOConfig:
     """The validated settings from defaults, a YAML file, then ``key=value`` items."""
-    layers: list[tuple[str, dict[str, Any]]] = []
-    if path is not None:
-        layers.append((str(path), read_yaml(path)))
-    if overrides:
-        layers.append(("command line", parse_overrides(list(overrides))))
-    config: DPOConfig = merge_layers(layers, DPOConfig)
-    validate_dpo_config(config)
-    return config
+    return load_stage_config(DPOConfig, validate_dpo_config, path, overrides)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -306,14 +269,7 @@ def read_data(c: DPODataConfig, seed: int) -> tuple[list[PreferenceRow], list[Pr
         held, more = read_pairs(c.held_out, c)
         skipped += more
     elif c.held_out_fraction > 0:
-        count = max(1, round(len(train) * c.held_out_fraction))
-        if count >= len(train):
-            raise ConfigError(
-                f"setting 'data.held_out_fraction' ({c.held_out_fraction}) of {len(train)} rows leaves no pair"
-            )
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
-        held = [train[i] for i in sorted(order[:count])]
-        train = [train[i] for i in sorted(order[count:])]
+        train, held = split_held_out(train, c.held_out_fraction, seed, "pair")
     return train, held, skipped
 
 
@@ -372,11 +328,6 @@ class PairBatchSettings:
     pad_id: int
     device: torch.device
     autocast_dtype: torch.dtype | None = None
-
-
-def _to(mb: SFTMicroBatch, device: torch.device) -> SFTMicroBatch:
-    tensors = ("input_ids", "targets", "loss_mask", "position_ids", "attention")
-    return replace(mb, **{k: getattr(mb, k).to(device) for k in tensors})
 
 
 def pair_logprobs(
@@ -459,7 +410,9 @@ def accumulate_gradients(
     busiest (idle ones, loss x 0), so the collectives of a sharded model stay in step.
     """
     num_pairs = float(all_reduce_sum(torch.tensor(float(len(rows)), dtype=torch.float64)))
-    batches = [_to(mb, s.device) for mb in pair_micro_batches(pairs, rows, s.micro_batch_tokens, s.pad_id)]
+    batches = [
+        micro_batch_to(mb, s.device) for mb in pair_micro_batches(pairs, rows, s.micro_batch_tokens, s.pad_id)
+    ]
     ref_model = reference.model if reference is not None and not reference.shares_policy else None
     gathered = parallel.gathered(ref_model) if parallel and ref_model else contextlib.nullcontext()
     with gathered:
@@ -502,7 +455,9 @@ def held_out_metrics(
     """The preference loss, accuracy and reward margin of ``pairs`` (split over ranks), as eval/*."""
     rows = rank_rows(range(len(pairs)))
     num_pairs = float(all_reduce_sum(torch.tensor(float(len(rows)), dtype=torch.float64)))
-    batches = [_to(mb, s.device) for mb in pair_micro_batches(pairs, rows, s.micro_batch_tokens, s.pad_id)]
+    batches = [
+        micro_batch_to(mb, s.device) for mb in pair_micro_batches(pairs, rows, s.micro_batch_tokens, s.pad_id)
+    ]
     references = _reference_logprobs(reference, batches, loss, s)
     sums: dict[str, torch.Tensor] = {}
     for mb, ref in zip(batches, references, strict=True):

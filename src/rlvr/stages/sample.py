@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rlvr.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, check_ranges
+from rlvr.config import AT_LEAST_1, check_ranges
 from rlvr.errors import ConfigError
+from rlvr.evaluation.config import EVAL_SETTING_RANGES
 from rlvr.stages.selection import PAIR_RULES, SFT_RULES, Graded, PairRule, SelectRule, select
 
 SFT_FILE = "sft.jsonl"
@@ -114,21 +115,7 @@ class SampleConfig:
     """Intra-op CPU threads (None keeps torch's default)."""
 
 
-SAMPLE_SETTING_RANGES = {
-    "n": AT_LEAST_1,
-    "num_problems": AT_LEAST_1,
-    "temperature": AT_LEAST_0,
-    "top_p": Range(0, 1, low_open=True),
-    "top_k": AT_LEAST_0,
-    "max_new_tokens": AT_LEAST_1,
-    "max_prompt_tokens": AT_LEAST_1,
-    "timeout_s": POSITIVE,
-    "seed": AT_LEAST_0,
-    "problems_per_batch": AT_LEAST_1,
-    "max_batch_sequences": AT_LEAST_1,
-    "max_per_problem": AT_LEAST_1,
-    "cpu_threads": AT_LEAST_1,
-}
+SAMPLE_SETTING_RANGES = {**EVAL_SETTING_RANGES, "max_per_problem": AT_LEAST_1}
 """The range of every numeric setting of ``rlvr sample`` (None passes where a setting allows it)."""
 
 

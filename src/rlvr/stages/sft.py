@@ -26,19 +26,13 @@ from typing import Any, Literal
 import torch
 
 from rlvr.config import (
-    AT_LEAST_0,
     AT_LEAST_1,
-    SETTING_RANGES,
     CheckpointConfig,
     ModelConfig,
     OptimConfig,
     ParallelConfig,
     Range,
-    _validate_parallel,
     check_ranges,
-    merge_layers,
-    parse_overrides,
-    read_yaml,
 )
 from rlvr.distributed import all_reduce_max, all_reduce_sum, rank, world_size
 from rlvr.errors import ConfigError
@@ -54,7 +48,21 @@ from rlvr.training.sft_data import (
     sft_loss,
     tokenize_examples,
 )
-from rlvr.training.stage_run import StageResult, rank_rows, run_stage, silent, step_rows
+from rlvr.training.stage_run import (
+    STAGE_SETTING_RANGES,
+    StageEvalConfig,
+    StageLoggingConfig,
+    StageResult,
+    load_stage_config,
+    logging_section,
+    micro_batch_to,
+    rank_rows,
+    run_stage,
+    silent,
+    split_held_out,
+    step_rows,
+    validate_stage_config,
+)
 
 # --- settings -------------------------------------------------------------------------------------
 
@@ -116,24 +124,6 @@ class SFTTrainingConfig:
 
 
 @dataclass
-class SFTEvalConfig:
-    every: int = 0
-    """Compute the held-out loss every N steps (0: before and after training only)."""
-
-
-@dataclass
-class SFTLoggingConfig:
-    output_dir: str = "runs/sft"
-    """Run directory: metrics.jsonl, TensorBoard events, checkpoints, the final model."""
-    log_every: int = 1
-    """Print a console line every N steps."""
-    tensorboard: bool = True
-    """Write TensorBoard event files."""
-    wandb_project: str | None = None
-    """Also log to Weights & Biases under this project (needs the wandb package)."""
-
-
-@dataclass
 class SFTConfig:
     """Settings of ``rlvr sft``: defaults, then a YAML file, then ``key=value`` items."""
 
@@ -141,28 +131,15 @@ class SFTConfig:
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5))
     training: SFTTrainingConfig = field(default_factory=SFTTrainingConfig)
-    eval: SFTEvalConfig = field(default_factory=SFTEvalConfig)
+    eval: StageEvalConfig = field(default_factory=StageEvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logging: SFTLoggingConfig = field(default_factory=SFTLoggingConfig)
+    logging: StageLoggingConfig = logging_section("runs/sft")
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 SFT_SETTING_RANGES: dict[str, Range] = {
-    **{
-        k: v
-        for k, v in SETTING_RANGES.items()
-        if k.split(".")[0] in ("model", "optim", "checkpoint", "parallel")
-    },
-    "data.held_out_fraction": Range(0, 1, high_open=True),
-    "data.max_tokens": Range(2),
+    **STAGE_SETTING_RANGES,
     "training.examples_per_step": AT_LEAST_1,
-    "training.micro_batch_tokens": AT_LEAST_1,
-    "training.steps": AT_LEAST_1,
-    "training.epochs": AT_LEAST_1,
-    "training.seed": AT_LEAST_0,
-    "training.cpu_threads": AT_LEAST_1,
-    "eval.every": AT_LEAST_0,
-    "logging.log_every": AT_LEAST_1,
 }
 """The range of every numeric setting of :class:`SFTConfig` (the shared sections' from
 :data:`rlvr.config.SETTING_RANGES`)."""
@@ -173,32 +150,16 @@ def validate_sft_config(c: SFTConfig) -> None:
     check_ranges(c, SFT_SETTING_RANGES)
     if not c.data.train.strip():
         raise ConfigError("setting 'data.train' is required: the training file (.jsonl, .json, .parquet)")
-    if c.data.held_out is not None and c.data.held_out_fraction > 0:
-        raise ConfigError("settings 'data.held_out' and 'data.held_out_fraction' exclude each other; set one")
-    if c.training.steps is not None and c.training.epochs is not None:
-        raise ConfigError("settings 'training.steps' and 'training.epochs' exclude each other; set one")
+    validate_stage_config(c)
     try:
         c.data.settings()
     except ConfigError as e:
         raise ConfigError(str(e).replace("setting '", "setting 'data.", 1)) from None
-    _validate_parallel(c.parallel)
-    if c.parallel.mixed_precision != "none" and c.model.dtype not in ("auto", "float32"):
-        raise ConfigError(
-            f"setting 'parallel.mixed_precision' ({c.parallel.mixed_precision}) keeps float32 shards; "
-            f"model.dtype must be auto or float32, got {c.model.dtype}"
-        )
 
 
 def load_sft_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SFTConfig:
     """The validated settings from defaults, a YAML file, then ``key=value`` items."""
-    layers: list[tuple[str, dict[str, Any]]] = []
-    if path is not None:
-        layers.append((str(path), read_yaml(path)))
-    if overrides:
-        layers.append(("command line", parse_overrides(list(overrides))))
-    config: SFTConfig = merge_layers(layers, SFTConfig)
-    validate_sft_config(config)
-    return config
+    return load_stage_config(SFTConfig, validate_sft_config, path, overrides)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -214,15 +175,7 @@ def read_data(c: SFTDataConfig, seed: int) -> tuple[list[SFTExample], list[SFTEx
         held, more = read_sft_examples(c.held_out, settings, prefix="data.")
         skipped += more
     elif c.held_out_fraction > 0:
-        count = max(1, round(len(train) * c.held_out_fraction))
-        if count >= len(train):
-            raise ConfigError(
-                f"setting 'data.held_out_fraction' ({c.held_out_fraction}) of {len(train)} rows leaves "
-                "no training example"
-            )
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
-        held = [train[i] for i in sorted(order[:count])]
-        train = [train[i] for i in sorted(order[count:])]
+        train, held = split_held_out(train, c.held_out_fraction, seed, "training example")
     return train, held, skipped
 
 
@@ -247,12 +200,11 @@ class BatchSettings:
 
 def _micro_batches(examples: Sequence[TokenizedExample], rows: list[int], s: BatchSettings) -> list[Any]:
     cut = packed_micro_batches if s.packing else padded_micro_batches
-    return [_to(mb, s.device) for mb in cut(examples, rows, s.micro_batch_tokens, s.pad_id)] if rows else []
-
-
-def _to(mb: Any, device: torch.device) -> Any:
-    tensors = ("input_ids", "targets", "loss_mask", "position_ids", "attention", "segment_ids")
-    return replace(mb, **{k: getattr(mb, k).to(device) for k in tensors if getattr(mb, k) is not None})
+    return (
+        [micro_batch_to(mb, s.device) for mb in cut(examples, rows, s.micro_batch_tokens, s.pad_id)]
+        if rows
+        else []
+    )
 
 
 def accumulate_gradients(

@@ -16,15 +16,120 @@ from __future__ import annotations
 import math
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from rlvr.config import to_dict
+from rlvr.config import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    SETTING_RANGES,
+    Range,
+    merge_layers,
+    parse_overrides,
+    read_yaml,
+    to_dict,
+    validate_parallel,
+)
 from rlvr.distributed import all_reduce_max, broadcast_object, rank, world_size
 from rlvr.errors import ConfigError
+
+# --- settings the stages share --------------------------------------------------------------------
+
+
+@dataclass
+class StageEvalConfig:
+    every: int = 0
+    """Compute the held-out metrics every N steps (0: before and after training only)."""
+
+
+@dataclass
+class StageLoggingConfig:
+    output_dir: str = "runs/stage"
+    """Run directory: metrics.jsonl, TensorBoard events, checkpoints, the final model."""
+    log_every: int = 1
+    """Print a console line every N steps."""
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+    wandb_project: str | None = None
+    """Also log to Weights & Biases under this project (needs the wandb package)."""
+
+
+def logging_section(output_dir: str) -> Any:
+    """The ``logging`` field of a stage's config, with the stage's own default run directory."""
+    return field(default_factory=lambda: StageLoggingConfig(output_dir=output_dir))
+
+
+STAGE_SETTING_RANGES: dict[str, Range] = {
+    **{
+        key: value
+        for key, value in SETTING_RANGES.items()
+        if key.split(".")[0] in ("model", "optim", "checkpoint", "parallel")
+    },
+    "data.held_out_fraction": Range(0, 1, high_open=True),
+    "data.max_tokens": Range(2),
+    "training.micro_batch_tokens": AT_LEAST_1,
+    "training.steps": AT_LEAST_1,
+    "training.epochs": AT_LEAST_1,
+    "training.seed": AT_LEAST_0,
+    "training.cpu_threads": AT_LEAST_1,
+    "eval.every": AT_LEAST_0,
+    "logging.log_every": AT_LEAST_1,
+}
+"""The ranges of the settings every stage config has (the shared sections' from
+:data:`rlvr.config.SETTING_RANGES`); a stage adds its own."""
+
+
+def validate_stage_config(c: Any) -> None:
+    """The checks of the settings every stage config has, beyond their ranges; errors name the key."""
+    if c.data.held_out is not None and c.data.held_out_fraction > 0:
+        raise ConfigError("settings 'data.held_out' and 'data.held_out_fraction' exclude each other; set one")
+    if c.training.steps is not None and c.training.epochs is not None:
+        raise ConfigError("settings 'training.steps' and 'training.epochs' exclude each other; set one")
+    validate_parallel(c.parallel)
+    if c.parallel.mixed_precision != "none" and c.model.dtype not in ("auto", "float32"):
+        raise ConfigError(
+            f"setting 'parallel.mixed_precision' ({c.parallel.mixed_precision}) keeps float32 shards; "
+            f"model.dtype must be auto or float32, got {c.model.dtype}"
+        )
+
+
+def load_stage_config(
+    cls: type, validate: Callable[[Any], None], path: str | Path | None, overrides: Sequence[str]
+) -> Any:
+    """The validated ``cls`` from its defaults, a YAML file, then ``key=value`` items."""
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if path is not None:
+        layers.append((str(path), read_yaml(path)))
+    if overrides:
+        layers.append(("command line", parse_overrides(list(overrides))))
+    config = merge_layers(layers, cls)
+    validate(config)
+    return config
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def split_held_out(rows: list[Any], fraction: float, seed: int, what: str) -> tuple[list[Any], list[Any]]:
+    """``(train, held_out)``: ``fraction`` of ``rows`` held out by a draw from ``seed``, both in file
+    order; ``what`` names a row in the error when nothing would be left to train on."""
+    count = max(1, round(len(rows) * fraction))
+    if count >= len(rows):
+        raise ConfigError(
+            f"setting 'data.held_out_fraction' ({fraction}) of {len(rows)} rows leaves no {what}"
+        )
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [rows[i] for i in sorted(order[count:])], [rows[i] for i in sorted(order[:count])]
+
+
+def micro_batch_to(mb: Any, device: torch.device) -> Any:
+    """An SFT micro-batch with its tensors on ``device``."""
+    tensors = ("input_ids", "targets", "loss_mask", "position_ids", "attention", "segment_ids")
+    return replace(mb, **{k: getattr(mb, k).to(device) for k in tensors if getattr(mb, k) is not None})
+
 
 # --- the rows of a step ----------------------------------------------------------------------------
 
