@@ -19,6 +19,7 @@ import pytest
 import torch
 from training_fixtures import tiny_model
 
+from rlvr.algorithms.entropy import token_logprobs
 from rlvr.config import ModelConfig
 from rlvr.errors import ConfigError, DataError
 from rlvr.tasks.templates import render_prompt
@@ -349,6 +350,33 @@ def test_packed_rows_compute_each_example_as_if_alone(attention, atol):
     # The test has teeth: under a plain causal mask the later examples see the earlier ones.
     packed.segment_ids = torch.zeros_like(packed.segment_ids)
     assert (sft_logits(model, packed) - logits).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_target_logprobs_equal_the_full_logits(packed, monkeypatch):
+    """The stages' output projection on the trained positions only, in blocks of 3 positions, gives
+    the log-probs and gradients of the full [b, T, V] logits."""
+    import rlvr.training.stage_run as stage_run
+
+    monkeypatch.setattr(stage_run, "HEAD_BLOCK_ELEMENTS", 3 * VOCAB)
+    examples = random_examples(5, seed=4)
+    model = float64_model()
+    cut = packed_micro_batches if packed else padded_micro_batches
+    [mb] = cut(examples, list(range(len(examples))), 10_000, pad_id=0)
+    results = []
+    for logprobs_of in (
+        lambda: stage_run.target_logprobs(model, mb),
+        lambda: torch.where(mb.loss_mask, token_logprobs(sft_logits(model, mb), mb.targets), 0.0),
+    ):
+        model.zero_grad(set_to_none=True)
+        logprobs = logprobs_of()
+        (logprobs * torch.linspace(0.5, 1.5, logprobs.numel()).view_as(logprobs)).sum().backward()
+        results.append((logprobs.detach(), [p.grad.clone() for p in model.parameters()]))
+    (ours, our_grads), (full, full_grads) = results
+    assert stage_run._decoder_and_head(model) is not None  # the blocked path, not the fallback
+    torch.testing.assert_close(ours, full, atol=1e-12, rtol=0)
+    for g, h in zip(our_grads, full_grads, strict=True):
+        torch.testing.assert_close(g, h, atol=1e-12, rtol=1e-10)
 
 
 def test_packed_rows_with_padding_have_no_nan():

@@ -29,7 +29,6 @@ from typing import Any, Literal
 
 import torch
 
-from rlvr.algorithms.entropy import token_logprobs
 from rlvr.algorithms.preference import PREFERENCE_LOSSES, PREFERENCE_TENSOR_ARGS, sequence_logprobs
 from rlvr.config import (
     AT_LEAST_0,
@@ -52,7 +51,6 @@ from rlvr.training.sft_data import (
     TokenizedExample,
     example_from_row,
     pad_rows,
-    sft_logits,
     tokenize_example,
 )
 from rlvr.training.stage_run import (
@@ -68,6 +66,7 @@ from rlvr.training.stage_run import (
     silent,
     split_held_out,
     step_rows,
+    target_logprobs,
     total_steps,
     validate_stage_config,
 )
@@ -334,8 +333,9 @@ def pair_logprobs(
     model: Any, mb: SFTMicroBatch, average: bool, autocast_dtype: torch.dtype | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence log-probs of the chosen [n] and rejected [n] sides of a micro-batch's n pairs, over
-    their completion tokens only (sums, or per-token means with ``average``)."""
-    logprobs = token_logprobs(sft_logits(model, mb, autocast_dtype), mb.targets)  # [2n, T]
+    their completion tokens only (sums, or per-token means with ``average``); the output projection
+    runs on those tokens only (:func:`rlvr.training.stage_run.target_logprobs`)."""
+    logprobs = target_logprobs(model, mb, autocast_dtype)  # [2n, T], 0 off the completions
     sequence = sequence_logprobs(logprobs, mb.loss_mask, average=average)  # [2n]
     return sequence[0::2], sequence[1::2]
 

@@ -6,7 +6,8 @@ top to bottom::
 
     the step's examples (a seeded permutation per epoch; rank r takes every N-th)
       -> micro-batches of at most training.micro_batch_tokens (padded and length-sorted, or packed)
-      -> loss = NLL of the completion tokens / the step's target tokens over all ranks
+      -> loss = NLL of the completion tokens / the step's target tokens over all ranks (the output
+         projection runs on those tokens only, in blocks: no [b, T, V] logits)
       -> backward per micro-batch, gradients averaged over ranks, clipped -> one AdamW step
 
 The data side (reading rows, which tokens are trained, micro-batches, the loss) is
@@ -44,7 +45,6 @@ from rlvr.training.sft_data import (
     packed_micro_batches,
     padded_micro_batches,
     read_sft_examples,
-    sft_logits,
     sft_loss,
     tokenize_examples,
 )
@@ -61,6 +61,7 @@ from rlvr.training.stage_run import (
     silent,
     split_held_out,
     step_rows,
+    target_logprobs,
     validate_stage_config,
 )
 
@@ -230,7 +231,7 @@ def accumulate_gradients(
             continue
         mb = batches[i]
         out = sft_loss(
-            logits=sft_logits(model, mb, s.autocast_dtype),
+            logprobs=target_logprobs(model, mb, s.autocast_dtype),
             targets=mb.targets,
             loss_mask=mb.loss_mask,
             num_tokens=num_tokens.item(),
@@ -248,7 +249,7 @@ def held_out_loss(model: Any, examples: Sequence[TokenizedExample], s: BatchSett
     loss_sum = 0.0
     for mb in _micro_batches(examples, rows, s):
         out = sft_loss(
-            logits=sft_logits(model, mb, s.autocast_dtype),
+            logprobs=target_logprobs(model, mb, s.autocast_dtype),
             targets=mb.targets,
             loss_mask=mb.loss_mask,
             num_tokens=num_tokens.item(),

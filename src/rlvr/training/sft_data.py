@@ -543,10 +543,11 @@ def sft_logits(model: Any, mb: SFTMicroBatch, autocast_dtype: torch.dtype | None
 
 def sft_loss(
     *,
-    logits: torch.Tensor,
+    logits: torch.Tensor | None = None,
     targets: torch.Tensor,
     loss_mask: torch.Tensor,
     num_tokens: float | torch.Tensor | None = None,
+    logprobs: torch.Tensor | None = None,
 ) -> LossOutput:
     """Token-mean NLL of the trained tokens::
 
@@ -554,6 +555,8 @@ def sft_loss(
 
     ``logits`` [b, T, V] predict ``targets`` [b, T] position by position (no shift here: the
     micro-batch already holds the shifted targets), ``loss_mask`` [b, T] marks trained predictions.
+    Instead of ``logits``, ``logprobs`` [b, T] may give log pi(targets) directly (the stages pass
+    :func:`rlvr.training.stage_run.target_logprobs`, which never builds the logits).
     ``num_tokens`` is N_tok, the trained tokens of the whole optimizer step summed over micro-batches
     and ranks (:func:`count_targets`), so the micro-batch losses add up to the step's loss; None
     counts this micro-batch's. Prompt positions are excluded with ``torch.where``: no value there,
@@ -566,7 +569,12 @@ def sft_loss(
     Metrics: ``sft/nll`` (this micro-batch's share of the loss) and ``sft/tokens`` (its trained tokens).
     """
     mask = check_mask(loss_mask, "loss_mask", tuple(targets.shape)).bool()
-    logprobs = token_logprobs(logits, targets)  # [b, T]
+    if (logits is None) == (logprobs is None):
+        raise ValueError("sft_loss takes one of logits [b, T, V] and logprobs [b, T]")
+    if logprobs is None:
+        logprobs = token_logprobs(logits, targets)  # [b, T]
+    elif tuple(logprobs.shape) != tuple(targets.shape):
+        raise ValueError(f"logprobs has shape {tuple(logprobs.shape)}, targets {tuple(targets.shape)}")
     nll = torch.where(mask, -logprobs, torch.zeros_like(logprobs))
     loss = aggregate(nll, mask, "token-mean", num_tokens=num_tokens)
     return LossOutput(loss=loss, metrics={"sft/nll": loss.detach(), "sft/tokens": mask.sum().double()})

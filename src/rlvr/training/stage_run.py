@@ -1,7 +1,8 @@
 """What the supervised stages (``rlvr sft``, ``rlvr dpo``) share around their step.
 
 A stage builds its parts (data, tokenizer, model, optimizer) and a ``train_step``; this module gives
-it the order of the rows of each step, a rank's share of them, and the run itself::
+it the order of the rows of each step, a rank's share of them, the log-probs of a micro-batch's
+trained tokens (:func:`target_logprobs`, without building the logits), and the run itself::
 
     run directory rules (new, --resume, --overwrite) -> resume from the newest checkpoint
       -> held-out metrics at step 0 -> steps: train_step, held-out metrics every eval.every steps,
@@ -129,6 +130,109 @@ def micro_batch_to(mb: Any, device: torch.device) -> Any:
     """An SFT micro-batch with its tensors on ``device``."""
     tensors = ("input_ids", "targets", "loss_mask", "position_ids", "attention", "segment_ids")
     return replace(mb, **{k: getattr(mb, k).to(device) for k in tensors if getattr(mb, k) is not None})
+
+
+# --- log-probabilities of the trained tokens ------------------------------------------------------
+
+HEAD_BLOCK_ELEMENTS = 2**25
+"""Logits per block of :class:`_HeadTargetLogprobs` (positions x vocabulary): 128 MiB in float32."""
+
+_LOGIT_SCALES = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "output_multiplier",
+    "lm_head_multiplier",
+)
+"""Config fields of models whose logits are not plain ``lm_head(hidden)``: they take the full-logits path."""
+
+
+class _HeadTargetLogprobs(torch.autograd.Function):
+    """log softmax(h W^T)[y] of n positions, in blocks of positions, without keeping the [n, V] logits.
+
+    ``hidden`` [n, H], ``weight`` [V, H], ``targets`` [n] -> [n] in float32 (float64 for float64).
+    Each block's logits are computed in ``dtype`` (the forward's compute dtype), upcast and reduced
+    to log-probs; the backward recomputes them: d log p_y / dz = onehot(y) - p, then dh = dz W and
+    dW = dz^T h, accumulated in float32. Memory beyond the inputs: one block of logits and its softmax.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, dtype):  # type: ignore[override]
+        rows = max(1, HEAD_BLOCK_ELEMENTS // weight.shape[0])
+        out = torch.float64 if dtype == torch.float64 else torch.float32
+        w = weight.to(dtype)
+        logprobs = torch.empty(hidden.shape[0], dtype=out, device=hidden.device)
+        lse = torch.empty_like(logprobs)
+        for i in range(0, hidden.shape[0], rows):
+            z = (hidden[i : i + rows].to(dtype) @ w.T).to(out)  # [rows, V]
+            lse[i : i + rows] = torch.logsumexp(z, dim=-1)
+            logprobs[i : i + rows] = z.gather(-1, targets[i : i + rows, None]).squeeze(-1) - lse[i : i + rows]
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.dtype, ctx.rows = dtype, rows
+        return logprobs
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        hidden, weight, targets, lse = ctx.saved_tensors
+        w = weight.to(ctx.dtype)
+        grad_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device)
+        grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device)
+        for i in range(0, hidden.shape[0], ctx.rows):
+            h, g = hidden[i : i + ctx.rows].to(ctx.dtype), grad[i : i + ctx.rows, None].to(lse.dtype)
+            p = ((h @ w.T).to(lse.dtype) - lse[i : i + ctx.rows, None]).exp_()  # softmax [rows, V]
+            dz = p.mul_(-g).scatter_add_(-1, targets[i : i + ctx.rows, None], g)  # d log p_y / dz
+            grad_hidden[i : i + ctx.rows] = dz.to(ctx.dtype) @ w
+            grad_weight.addmm_(dz.T, h.to(lse.dtype))
+        return grad_hidden, grad_weight.to(weight.dtype), None, None
+
+
+def _decoder_and_head(model: Any) -> tuple[Any, torch.Tensor] | None:
+    """The backbone and the output projection's weight of a causal LM whose logits are
+    ``hidden @ W^T``; None where that is not known to hold (a bias, scaled or capped logits, an
+    adapter on the head, FSDP2's sharded root, whose parameters only its own forward gathers)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the wrapped model
+    get_decoder, get_head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", None)
+    head = get_head() if get_head else None
+    decoder = get_decoder() if get_decoder else None
+    if type(head) is not torch.nn.Linear or head.bias is not None or decoder is None or decoder is base:
+        return None
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    if any(getattr(config, key, None) not in (None, 1.0) for key in _LOGIT_SCALES):
+        return None
+    return decoder, head.weight
+
+
+def target_logprobs(model: Any, mb: Any, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """log pi(targets) [b, T] (float32) of an SFT micro-batch ``mb`` at its trained positions, 0 elsewhere.
+
+    The output projection runs on the ``loss_mask`` positions only, in blocks
+    (:class:`_HeadTargetLogprobs`): no [b, T, V] logits exist, and prompt and padding positions cost no
+    vocabulary-sized work. Models this cannot read (see :func:`_decoder_and_head`) go through their
+    full logits (:func:`rlvr.training.sft_data.sft_logits`), with the same result.
+    """
+    from rlvr.algorithms.entropy import token_logprobs
+    from rlvr.training.model import autocast_context
+    from rlvr.training.sft_data import packed_attention_mask, sft_logits
+
+    parts = _decoder_and_head(model)
+    mask = mb.loss_mask.bool()
+    if parts is None:
+        logprobs = token_logprobs(sft_logits(model, mb, autocast_dtype), mb.targets)
+        return torch.where(mask, logprobs, torch.zeros_like(logprobs))
+    decoder, weight = parts
+    attention = mb.attention
+    if mb.segment_ids is not None:
+        attention = packed_attention_mask(mb.segment_ids, autocast_dtype or weight.dtype)
+    with autocast_context(mb.input_ids.device, autocast_dtype):
+        hidden = decoder(
+            input_ids=mb.input_ids, attention_mask=attention, position_ids=mb.position_ids, use_cache=False
+        ).last_hidden_state  # [b, T, H]
+    picked = _HeadTargetLogprobs.apply(hidden[mask], weight, mb.targets[mask], autocast_dtype or weight.dtype)
+    return torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(mask, picked)
 
 
 # --- the rows of a step ----------------------------------------------------------------------------
