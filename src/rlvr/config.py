@@ -110,6 +110,35 @@ class RolloutConfig:
 
 
 @dataclass
+class EnvConfig:
+    name: str | None = None
+    """An environment for multi-turn rollouts (tool_math | calculator | guess_number | task, or a
+    user class as 'module:Class'; docs/agents.md); None trains single-turn on the task. The task
+    still supplies the problems."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Keyword parameters of the environment."""
+    format: Literal["auto", "chat", "plain"] = "auto"
+    """How turns become tokens: chat uses the tokenizer's chat template, plain appends observation
+    text as it is (base models); auto is chat when the environment's first observation is chat
+    messages and the tokenizer has a template."""
+    max_turns: int = 4
+    """Policy turns per trajectory."""
+    max_turn_tokens: int | None = None
+    """Tokens the policy may sample in one turn; None: rollout.max_new_tokens."""
+    max_context_tokens: int = 2048
+    """Prompt + sampled + observation tokens of one trajectory."""
+    max_observation_tokens: int = 256
+    """Longest observation appended, in tokens (a longer one is cut)."""
+    turn_rewards: bool = False
+    """Give each step's reward at the last token of its turn (token rewards) instead of the sum of
+    all steps' rewards at the end of the trajectory."""
+    workers: int = 8
+    """Environment steps run at once (in threads)."""
+    step_timeout_s: float = 60.0
+    """An environment that takes longer to answer one step ends its trajectory with an error."""
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-6
     """Peak learning rate of AdamW."""
@@ -267,6 +296,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
@@ -453,6 +483,12 @@ SETTING_RANGES: dict[str, Range] = {
     "rollout.top_p": Range(0, 1, low_open=True),
     "rollout.top_k": AT_LEAST_0,
     "rollout.max_batch_sequences": AT_LEAST_1,
+    "env.max_turns": AT_LEAST_1,
+    "env.max_turn_tokens": AT_LEAST_1,
+    "env.max_context_tokens": AT_LEAST_1,
+    "env.max_observation_tokens": AT_LEAST_1,
+    "env.workers": AT_LEAST_1,
+    "env.step_timeout_s": POSITIVE,
     "optim.lr": POSITIVE,
     "optim.weight_decay": AT_LEAST_0,
     "optim.betas": Range(0, 1, high_open=True),

@@ -19,8 +19,11 @@ from rlvr.errors import ConfigError, ShapeError, UnknownNameError
 from rlvr.registry import hyperparameters
 
 F64 = torch.float64
-GROUP_ESTIMATORS = ["grpo", "dr_grpo", "rloo", "kimi"]
-ALL_ESTIMATORS = ["grpo", "dr_grpo", "rloo", "kimi", "reinforce", "reinforce_pp", "gae", "vapo"]
+GROUP_ESTIMATORS = ["grpo", "dr_grpo", "rloo", "kimi", "maxrl", "passk"]
+ALL_ESTIMATORS = [
+    *("grpo", "dr_grpo", "rloo", "kimi", "reinforce", "reinforce_pp", "gae", "vapo"),
+    *("reinforce_pp_baseline", "maxrl", "gdpo", "passk"),
+]
 
 
 def t(rows, dtype=F64):
@@ -75,7 +78,8 @@ def test_unknown_name_gets_nearest_hint():
     with pytest.raises(UnknownNameError, match=r"unknown advantage estimator 'grpoo'; did you mean 'grpo'\?"):
         ADVANTAGES.get("grpoo")
     with pytest.raises(
-        UnknownNameError, match="valid: dr_grpo, gae, grpo, kimi, reinforce, reinforce_pp, rloo, vapo"
+        UnknownNameError,
+        match="valid: dr_grpo, gae, gdpo, grpo, kimi, maxrl, passk, reinforce, reinforce_pp, reinforce_pp_baseline, rloo, vapo",
     ):
         ADVANTAGES.get("ppo")
 
@@ -155,7 +159,7 @@ def test_equal_rewards_give_exactly_zero(name, value, n, dtype):
 def test_group_of_one_gets_zero(name):
     # Groups {0}, {1, 2}, {3}: the singletons have nothing to compare with.
     rewards = t([0.7, 1.0, 0.0, -2.5])
-    out = run(name, rewards, full_mask(4, 2), torch.tensor([5, 6, 6, 8]))
+    out = run(name, rewards, full_mask(4, 2), torch.tensor([5, 6, 6, 8]), passk_k=1)
     assert (out.advantages[0] == 0).all() and (out.advantages[3] == 0).all()
     assert (out.advantages[1] > 0).all() and (out.advantages[2] < 0).all()
     for unbiased in (True, False):
@@ -443,8 +447,9 @@ data = torch.load(out_dir + "/batch.pt")
 rows = slice(4 * rank, 4 * rank + 4)  # whole groups stay on one rank
 part = {k: v[rows] for k, v in data.items()}
 result = {}
-for name in ("reinforce_pp", "grpo", "vapo"):
-    out = ADVANTAGES.get(name)(**part, gamma=0.9) if name != "grpo" else ADVANTAGES.get(name)(**part)
+for name in ("reinforce_pp", "grpo", "vapo", "gdpo", "reinforce_pp_baseline"):
+    hyper = {"gamma": 0.9} if name in ("reinforce_pp", "vapo") else {}
+    out = ADVANTAGES.get(name)(**part, **hyper)
     result[name] = (out.advantages, out.metrics)
 result["whiten"] = whiten_advantages(part["rewards"], part["mask"])
 torch.save(result, out_dir + f"/rank{rank}.pt")
@@ -465,8 +470,8 @@ def test_two_ranks_equal_one_rank(tmp_path):
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err.decode()[-2000:]
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    for name in ("reinforce_pp", "grpo", "vapo"):
-        hyper = {} if name == "grpo" else {"gamma": 0.9}
+    for name in ("reinforce_pp", "grpo", "vapo", "gdpo", "reinforce_pp_baseline"):
+        hyper = {"gamma": 0.9} if name in ("reinforce_pp", "vapo") else {}
         whole = ADVANTAGES.get(name)(**batch, **hyper)
         joined = torch.cat([parts[0][name][0], parts[1][name][0]])
         torch.testing.assert_close(joined, whole.advantages, rtol=0, atol=1e-12)

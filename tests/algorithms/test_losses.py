@@ -75,6 +75,7 @@ def test_ratio_one_gives_minus_the_aggregated_advantage(name, mode):
         "seq-mean-token-mean": -(1 / 1 + 6 / 3) / 2,
         "seq-mean-token-sum": -(1 + 6) / 2,
         "seq-mean-token-sum-norm": -(1 + 6) / (2 * 4),  # L = 4
+        "token-sum": -(1 + 6),
     }[mode]
     lp = t([[-1.0, 0.0, 0.0, 0.0], [-0.5, -2.0, -0.1, 0.0]])
     out, _ = run(name, lp, lp, ADV, MASK, aggregation=mode, norm_length=4)

@@ -34,6 +34,7 @@ def test_the_papers_recipes_are_all_there():
         "clip_cov",
         "kl_cov",
         "opd",
+        *("dppo", "sapo", "gmpo", "maxrl", "gdpo", "passk"),
     }
     assert set(NAMES) == expected
 
@@ -172,3 +173,20 @@ def test_describe_presets_lists_every_preset_with_its_paper():
     assert (
         "ppo_clip" in dapo and "token-mean" in dapo and "arXiv 2503.14476" in dapo and "eps_high=0.28" in dapo
     )
+
+
+def test_second_round_presets_fix_their_papers_components():
+    expected = {
+        "dppo": ("grpo", "dppo_tv"),
+        "sapo": ("grpo", "sapo"),
+        "gmpo": ("grpo", "gmpo"),
+        "maxrl": ("maxrl", "ppo_clip"),
+        "gdpo": ("gdpo", "ppo_clip"),
+        "passk": ("passk", "ppo_clip"),
+    }
+    for name, (advantage, loss) in expected.items():
+        cfg = get_preset(name).algorithm
+        assert (cfg.advantage, cfg.policy_loss, cfg.kl_coef) == (advantage, loss, 0.0), name
+    assert get_preset("sapo").algorithm.sapo_tau_neg > get_preset("sapo").algorithm.sapo_tau_pos
+    assert get_preset("gmpo").algorithm.gmpo_eps_high == 0.4
+    assert get_preset("passk").algorithm.passk_k < get_preset("passk").settings["rollout.samples_per_prompt"]

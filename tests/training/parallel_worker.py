@@ -41,6 +41,8 @@ def settings(preset: str, strategy: str, out: str, teacher: str = "toy") -> list
         *(["model.gradient_checkpointing=true"] if extra == "checkpointing" else []),
         f"preset={preset}",
         *([f"distill.teacher={teacher}"] if "distill.mode" in PRESETS.get(preset).settings else []),
+        # pass@k learns only with k below the group size (4 here)
+        *(["algorithm.passk_k=2"] if PRESETS.get(preset).algorithm.advantage == "passk" else []),
         "rollout.prompts_per_step=4",
         "rollout.samples_per_prompt=4",
         "rollout.max_new_tokens=12",

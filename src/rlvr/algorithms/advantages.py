@@ -35,8 +35,17 @@ from rlvr.registry import Registry
 
 ADVANTAGES: Registry = Registry("advantage estimator")
 
-ADVANTAGE_TENSOR_ARGS: tuple[str, ...] = ("rewards", "mask", "group_ids", "values")
-"""The tensor arguments of every estimator; every other keyword is a hyperparameter."""
+ADVANTAGE_TENSOR_ARGS: tuple[str, ...] = (
+    "rewards",
+    "mask",
+    "group_ids",
+    "values",
+    "reward_components",
+    "reward_weights",
+)
+"""The tensor arguments of the estimators; every other keyword is a hyperparameter. The first four
+are every estimator's; ``reward_components`` [B, K] and ``reward_weights`` [K] are passed only to
+an estimator marked ``takes_reward_components`` (GDPO, :mod:`rlvr.algorithms.group_estimators`)."""
 
 ESTIMATORS_NEEDING_VALUES: set[str] = {"gae", "vapo"}
 """Estimators that need a critic. A user who registers a critic-based estimator adds its name."""
@@ -524,3 +533,7 @@ def vapo(
     ).tolist()
     extra = {"returns/mean": _masked_mean(returns, mask), "vapo/lam_policy_mean": lam_sum / max(rows, 1.0)}
     return _output(advantages, mask, dtype, returns, **extra)
+
+
+# REINFORCE++-baseline, MaxRL, GDPO and pass@k live in their own module and register on import.
+from rlvr.algorithms import group_estimators as _group_estimators  # noqa: E402,F401

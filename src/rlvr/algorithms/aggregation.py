@@ -17,6 +17,13 @@ one response token and N_tok response tokens in the whole batch:
 
       (1/N) sum_i sum_t m_it v_it
 
+* ``token-sum``: the plain sum over every response token of the batch, no average::
+
+      sum_{i,t} m_it v_it
+
+  The loss then grows with the batch and the response lengths (the learning rate must absorb
+  both); it is the sum that REINFORCE's gradient estimator writes before any normalisation.
+
 * ``seq-mean-token-sum-norm`` (Dr. GRPO, arXiv 2503.20783 sec. 3.2): each sequence's token sum
   divided by a *fixed* length L (the generation budget), averaged over sequences::
 
@@ -75,6 +82,12 @@ def seq_mean_token_sum(values, mask, *, num_tokens=None, num_sequences=None, nor
     return (values * m).sum() / _denominator(num_sequences, count_sequences(mask), values)
 
 
+@AGGREGATIONS.register("token-sum")
+def token_sum(values, mask, *, num_tokens=None, num_sequences=None, norm_length=None):
+    m = mask.to(values.dtype)
+    return (values * m).sum()
+
+
 @AGGREGATIONS.register("seq-mean-token-sum-norm")
 def seq_mean_token_sum_norm(values, mask, *, num_tokens=None, num_sequences=None, norm_length=None):
     if norm_length is None or norm_length <= 0:
@@ -103,6 +116,7 @@ def aggregate(
         token-mean          (1 + 6) / 4        = 1.75
         seq-mean-token-mean (1/1 + 6/3) / 2    = 1.5
         seq-mean-token-sum  (1 + 6) / 2        = 3.5
+        token-sum           1 + 6              = 7
         ...-sum-norm, L=4   (1 + 6) / (2 * 4)  = 0.875
     """
     fn = AGGREGATIONS.get(mode)

@@ -18,14 +18,17 @@ from typing import Any, Literal
 
 from rlvr.errors import ConfigError
 
-Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+Aggregation = Literal[
+    "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "token-sum"
+]
 
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
     # --- advantage estimator -------------------------------------------------------------
     advantage: str = "grpo"
-    """Advantage estimator: grpo | dr_grpo | rloo | reinforce_pp | gae | vapo | kimi."""
+    """Advantage estimator: grpo | dr_grpo | rloo | reinforce | reinforce_pp | reinforce_pp_baseline |
+    gae | vapo | kimi | maxrl | gdpo | passk."""
     std_eps: float = 1e-6
     """grpo: epsilon added to the group standard deviation, (r - mean) / (std + std_eps)."""
     std_unbiased: bool = True
@@ -40,10 +43,12 @@ class AlgorithmConfig:
     """vapo: lambda of the critic's value targets (VAPO sec. 3.2: 1.0, unbiased)."""
     lam_alpha: float = 0.05
     """vapo: length-adaptive lambda_policy = 1 - 1 / (lam_alpha * length) (VAPO eq. 8)."""
+    passk_k: int = 4
+    """passk: the k of the pass@k the advantages optimise (1 <= k; a group of n < k samples uses k = n)."""
 
     # --- policy loss ---------------------------------------------------------------------
     policy_loss: str = "ppo_clip"
-    """Surrogate: ppo_clip | gspo | cispo | kimi | clip_cov | kl_cov."""
+    """Surrogate: ppo_clip | gspo | cispo | kimi | clip_cov | kl_cov | dppo_tv | dppo_kl | sapo | gmpo."""
     aggregation: Aggregation = "seq-mean-token-mean"
     """How per-token losses become one number (see docs/algorithms.md, 'Aggregation')."""
     loss_norm_length: int | None = None
@@ -67,6 +72,20 @@ class AlgorithmConfig:
     """kl_cov: fraction of tokens (largest covariance) that get the KL penalty."""
     kl_cov_coef: float = 1.0
     """kl_cov: coefficient of that penalty."""
+    dppo_delta_low: float = 0.2
+    """dppo_tv / dppo_kl: divergence threshold for tokens with A < 0 (their probability falling)."""
+    dppo_delta_high: float = 0.2
+    """dppo_tv / dppo_kl: divergence threshold for tokens with A > 0 (their probability rising)."""
+    dppo_ratio_cap: float = 20.0
+    """dppo_tv / dppo_kl: the stop-gradient importance weight is truncated at this value."""
+    sapo_tau_pos: float = 1.0
+    """sapo: temperature of the soft gate for A > 0."""
+    sapo_tau_neg: float = 1.05
+    """sapo: temperature of the soft gate for A <= 0."""
+    gmpo_eps_low: float = 0.4
+    """gmpo: token log-ratios are clipped at -gmpo_eps_low (ratio e^-0.4 = 0.670)."""
+    gmpo_eps_high: float = 0.4
+    """gmpo: token log-ratios are clipped at +gmpo_eps_high (ratio e^0.4 = 1.492)."""
 
     # --- KL to the reference model -------------------------------------------------------
     kl_coef: float = 0.0

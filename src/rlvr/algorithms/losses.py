@@ -482,3 +482,6 @@ kl_cov.select_tokens = kl_cov_selection  # type: ignore[attr-defined]
 # log-ratio) nor kl_cov (its penalty holds |log-ratio|, and a token with A = 0 may be chosen).
 for _loss in (ppo_clip, gspo, cispo, clip_cov):
     _loss.vanishes_at_zero_advantage = True  # type: ignore[attr-defined]
+
+# DPPO, SAPO and GMPO live in their own module and register into POLICY_LOSSES on import.
+from rlvr.algorithms import surrogates as _surrogates  # noqa: E402,F401

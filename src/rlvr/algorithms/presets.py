@@ -506,3 +506,6 @@ _BUILTIN: tuple[Preset, ...] = (
 
 for _preset in _BUILTIN:
     register_preset(_preset)
+
+# DPPO, SAPO, GMPO, MaxRL, GDPO and pass@k register from their own module.
+from rlvr.algorithms import recent_presets as _recent_presets  # noqa: E402,F401

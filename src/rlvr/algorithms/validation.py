@@ -40,7 +40,7 @@ LOOP_LEVEL_FIELDS: dict[str, str] = {
 TOKEN_LEVEL_ESTIMATORS: frozenset[str] = frozenset({"reinforce_pp", "gae", "vapo"})
 """Estimators whose advantages vary along a sequence (CPPO ranks one advantage per completion)."""
 
-GROUP_RELATIVE_ESTIMATORS: frozenset[str] = frozenset({"grpo", "dr_grpo", "rloo", "kimi"})
+GROUP_RELATIVE_ESTIMATORS: frozenset[str] = frozenset({"grpo", "dr_grpo", "rloo", "kimi", "maxrl", "passk"})
 """Estimators that subtract a group baseline: a group of equal rewards gets zero advantage."""
 
 KL_PLACEMENTS: tuple[str, ...] = ("loss", "reward")
@@ -166,6 +166,14 @@ def _check_ranges(cfg: AlgorithmConfig) -> None:
     _number(cfg, "entropy_coef")
     _at_least(cfg, "lm_coef", 0.0)
     _at_least(cfg, "value_clip", 0.0, strict=True)
+    for name in ("dppo_delta_low", "dppo_delta_high", "gmpo_eps_low", "gmpo_eps_high"):
+        _at_least(cfg, name, 0.0)
+    _at_least(cfg, "dppo_ratio_cap", 1.0)
+    for name in ("sapo_tau_pos", "sapo_tau_neg"):
+        _at_least(cfg, name, 0.0, strict=True)
+    if isinstance(cfg.passk_k, bool) or not isinstance(cfg.passk_k, int):
+        raise ConfigError(f"algorithm.passk_k must be an integer, got {cfg.passk_k!r}")
+    _at_least(cfg, "passk_k", 1)
     if cfg.loss_norm_length is not None:
         if isinstance(cfg.loss_norm_length, bool) or not isinstance(cfg.loss_norm_length, int):
             raise ConfigError(

@@ -62,6 +62,9 @@ class RewardResult:
     answers: list[str | None] | None = None
     """Verifiers that extract a final answer: that answer per completion (None: none), which
     evaluation's majority vote groups into classes."""
+    components: dict[str, list[float]] | None = None
+    """A composite reward's terms: each component's unweighted values, in the order they ran (the
+    GDPO estimator normalises them one by one)."""
 
 
 RewardFn = Callable[..., RewardResult]

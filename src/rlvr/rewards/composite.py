@@ -222,6 +222,7 @@ class CompositeReward:
         verifier: str | None = None
         outcomes: list[Outcome] | None = None
         answers: list[str | None] | None = None
+        components: dict[str, list[float]] = {}
         for component in self.components:
             result = _check_result(component.name, component.fn(batch, **component.params), n)
             if result.correct is not None:
@@ -235,6 +236,7 @@ class CompositeReward:
             for i, value in enumerate(result.values):
                 total[i] += component.weight * float(value)
             means[f"reward/{component.name}"] = [float(v) for v in result.values]
+            components[component.name] = means[f"reward/{component.name}"]
             for key, value in result.metrics.items():
                 # A component's own "reward/x" metric becomes "reward/<name>/x", not ".../reward/x".
                 key = key.removeprefix("reward/")
@@ -248,7 +250,12 @@ class CompositeReward:
         metrics = _global_means(means, n)
         metrics.update(extra_metrics)
         return RewardResult(
-            values=total, metrics=metrics, correct=batch.correct, outcomes=outcomes, answers=answers
+            values=total,
+            metrics=metrics,
+            correct=batch.correct,
+            outcomes=outcomes,
+            answers=answers,
+            components=components,
         )
 
 

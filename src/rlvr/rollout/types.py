@@ -33,7 +33,7 @@ class Completion:
     """One sampled completion of prompt ``prompt_index``.
 
     ``token_ids`` include the end-of-sequence token when generation stopped on it, and
-    ``logprobs`` has one entry per token. ``finish_reason`` is ``stop`` (end-of-sequence token or
+    ``logprobs`` has one entry per token (0 on observation tokens). ``finish_reason`` is ``stop`` (end-of-sequence token or
     a stop string) or ``length`` (the budget ran out).
     """
 
@@ -43,6 +43,9 @@ class Completion:
     logprobs: list[float]
     text: str
     finish_reason: FinishReason
+    mask: list[int] | None = None
+    """Multi-turn trajectories: 1 on the tokens the policy sampled, 0 on observation tokens (which
+    are not trained on); None means every token was sampled."""
 
 
 class RolloutEngine(Protocol):

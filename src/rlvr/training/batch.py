@@ -4,7 +4,8 @@ Layout (the response-aligned layout: every algorithm tensor is [B, T] over respo
 
     input_ids  [B, P + T]   prompt left-padded to P, completion right-padded to T
     attention  [B, P + T]   1 on real tokens
-    response   [B, T]       the response mask
+    response   [B, T]       the response mask (0 also on the observation tokens inside a
+                            multi-turn trajectory: holes the losses and counts skip)
     old_logprobs, ref_logprobs, advantages, ...   [B, T]
 
 so ``logits[:, P - 1 + t]`` predicts response token ``t`` of every row.
@@ -82,7 +83,7 @@ def make_batch(
         attention[i, P - p : P + t] = 1
         if t:
             ids[i, P : P + t] = torch.tensor(c.token_ids)
-            mask[i, :t] = 1.0
+            mask[i, :t] = 1.0 if c.mask is None else torch.tensor(c.mask, dtype=torch.float32)
             old[i, :t] = torch.tensor(c.logprobs, dtype=torch.float32)
     return RolloutBatch(
         input_ids=ids,

@@ -59,6 +59,8 @@ class ScoredGroup:
     outcomes: list[str]
     position: int = 0
     """Where the group's prompt was drawn in the step (over all rounds and all ranks)."""
+    reward_components: list[list[float]] = field(default_factory=list)
+    """Per completion, the unweighted value of each reward component (empty when not known)."""
 
 
 @dataclass
@@ -95,7 +97,11 @@ class RolloutCollector:
         prompts_per_step: int,
         max_rounds: int,
         algorithm: Any,
+        episodes: Any = None,
     ) -> None:
+        """``episodes``: a :class:`~rlvr.rollout.multi_turn.MultiTurnRunner` for multi-turn
+        rollouts (its environments score them); None generates single completions scored by ``reward``."""
+        self.episodes = episodes
         self.engine, self.problems, self.prompt_ids = engine, problems, prompt_ids
         self.sampler, self.reward, self.sampling = sampler, reward, sampling
         self.prompts_per_step, self.max_rounds, self.algorithm = prompts_per_step, max_rounds, algorithm
@@ -117,9 +123,11 @@ class RolloutCollector:
         mine = [indices[j] for j in positions]
         t0 = time.perf_counter()
         seed = self.sampling.seed + 7919 * step + round_ + 104729 * me
-        completions = engine.generate(
-            [self.prompt_ids[i] for i in mine], dataclasses.replace(self.sampling, seed=seed)
-        )
+        sampling = dataclasses.replace(self.sampling, seed=seed)
+        if self.episodes is not None:  # multi-turn: the environments make the prompts
+            completions = self.episodes.run(engine, [self.problems[i] for i in mine], sampling)
+        else:
+            completions = engine.generate([self.prompt_ids[i] for i in mine], sampling)
         return GeneratedRound(step, indices, positions, completions, time.perf_counter() - t0)
 
     def collect(self, step: int, first_round: GeneratedRound | None = None) -> StepRollouts:
@@ -146,15 +154,25 @@ class RolloutCollector:
             indices, positions, completions = generated.indices, generated.positions, generated.completions
             mine = [indices[j] for j in positions]
             t1 = time.perf_counter()
-            result, correct = score_completions(
-                self.reward, completions, [self.problems[i] for i in mine], n, self.sampling.max_new_tokens
-            )
+            if self.episodes is not None:  # the environments scored the trajectories
+                result, correct = score_trajectories(completions)
+            else:
+                result, correct = score_completions(
+                    self.reward,
+                    completions,
+                    [self.problems[i] for i in mine],
+                    n,
+                    self.sampling.max_new_tokens,
+                )
             timings["time/generate"] += generated.seconds
             timings["time/reward"] += time.perf_counter() - t1
             outcomes = result.outcomes or ["correct" if c else "wrong" for c in correct]
             if rounds == 1:  # the metrics of the first round describe the policy's samples unfiltered
                 metrics.update(result.metrics)
                 metrics.update(self._response_metrics(completions, correct))
+                if self.episodes is not None:
+                    metrics.update(_episode_metrics(completions))
+            parts = [list(c) for c in zip(*(getattr(result, "components", None) or {}).values(), strict=True)]
             pass_rates = [sum(correct[g * n : (g + 1) * n]) / n for g in range(len(mine))]
             self.sampler.update(indices, _merge_by_position(positions, pass_rates, len(indices)))
             groups = [
@@ -165,9 +183,12 @@ class RolloutCollector:
                     correct[g * n : (g + 1) * n],
                     outcomes[g * n : (g + 1) * n],
                     position=drawn + positions[g],
+                    reward_components=parts[g * n : (g + 1) * n],
                 )
                 for g in range(len(mine))
             ]
+            if self.episodes is not None:  # a trajectory whose environment failed is left out
+                groups = [g for g in map(_without_failed, groups) if g.completions]
             drawn += len(indices)
             kept.extend(self._filter_groups(groups, metrics))
             kept_everywhere = int(all_reduce_sum(torch.tensor(float(len(kept)))).item())
@@ -209,6 +230,9 @@ class RolloutCollector:
                         [group.correct[j] for j in rows],
                         [group.outcomes[j] for j in rows],
                         position=group.position,
+                        reward_components=[
+                            group.reward_components[j] for j in rows if group.reward_components
+                        ],
                     )
                 )
         return result
@@ -239,6 +263,45 @@ class RolloutCollector:
             "response/length_correct": stats[2].item() / n_ok if n_ok else float("nan"),
             "response/length_wrong": stats[4].item() / n_wrong if n_wrong else float("nan"),
         }
+
+
+def score_trajectories(trajectories: list[Any]) -> tuple[RewardResult, list[bool]]:
+    """The environments' verdicts on multi-turn trajectories as a :class:`RewardResult`."""
+    correct = [bool(t.correct) and t.error is None for t in trajectories]
+    outcomes = [
+        "error" if t.error else "correct" if c else "wrong"
+        for t, c in zip(trajectories, correct, strict=True)
+    ]
+    return RewardResult([float(t.reward) for t in trajectories], correct=correct, outcomes=outcomes), correct  # type: ignore[arg-type]
+
+
+def _without_failed(group: ScoredGroup) -> ScoredGroup:
+    """``group`` without the trajectories whose environment failed."""
+    keep = [j for j, c in enumerate(group.completions) if getattr(c, "error", None) is None]
+    if len(keep) == len(group.completions):
+        return group
+    pick = lambda xs: [xs[j] for j in keep] if len(xs) == len(group.completions) else xs  # noqa: E731
+    return dataclasses.replace(
+        group,
+        **{
+            f.name: pick(getattr(group, f.name))
+            for f in dataclasses.fields(group)
+            if isinstance(getattr(group, f.name), list)
+        },
+    )
+
+
+def _episode_metrics(trajectories: list[Any]) -> dict[str, float]:
+    """``env/*`` metrics over the trajectories of all ranks; the environment errors are logged."""
+    from rlvr.rollout.multi_turn import trajectory_metrics, trajectory_sums
+
+    sums = trajectory_sums(trajectories)
+    keys = sorted(sums)
+    total = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()
+    for t in trajectories:
+        if t.error is not None:
+            print(f"warning: {t.error}; the step goes on without this trajectory", flush=True)
+    return trajectory_metrics(dict(zip(keys, total, strict=True)))
 
 
 def _merge_by_position(positions: list[int], values: list[float], size: int) -> list[float]:

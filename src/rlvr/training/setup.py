@@ -17,9 +17,11 @@ from rlvr.tasks.base import TASKS, Problem, RewardSpec, Task
 
 def build_task(config: Config) -> Task:
     """The configured task, with the template and reward overrides applied."""
+    from rlvr.envs.base import load_builtin_envs
     from rlvr.tasks import load_builtin_tasks
 
     load_builtin_tasks()
+    load_builtin_envs()  # environments that bring their own problems register a task
 
     try:
         factory = TASKS.get(config.task.name)
@@ -41,6 +43,38 @@ def build_task(config: Config) -> Task:
     if not task.train:
         raise ConfigError(f"task '{config.task.name}' has no training problems")
     return task
+
+
+def build_runner(config: Config, task: Task) -> Any:
+    """The multi-turn runner the ``env`` section describes (environments of ``task``'s problems)."""
+    from rlvr.envs.base import env_factory
+    from rlvr.rollout.multi_turn import MultiTurnRunner, TurnLimits
+
+    e = config.env
+    assert e.name is not None
+    limits = TurnLimits(
+        max_turns=e.max_turns,
+        max_turn_tokens=e.max_turn_tokens or config.rollout.max_new_tokens,
+        max_context_tokens=e.max_context_tokens,
+        max_observation_tokens=e.max_observation_tokens,
+    )
+    return MultiTurnRunner(
+        env_factory(e.name, e.params, task=task),
+        limits,
+        format=e.format,
+        workers=e.workers,
+        step_timeout_s=e.step_timeout_s,
+        env_name=e.name,
+    )
+
+
+def turn_reward_tensor(trajectories: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    """Token rewards [B, T]: each step's reward on the last sampled token of its turn (0 elsewhere)."""
+    out = torch.zeros(shape, dtype=torch.float32)
+    for i, t in enumerate(trajectories):
+        for end, reward in zip(getattr(t, "turn_ends", ()), getattr(t, "turn_rewards", ()), strict=True):
+            out[i, end] += reward
+    return out
 
 
 @functools.lru_cache(maxsize=8)  # a vocabulary of 150k entries takes tens of milliseconds to walk

@@ -62,7 +62,13 @@ from rlvr.training.model import (
 )
 from rlvr.training.parallel import Parallel
 from rlvr.training.rollouts import RolloutCollector, ScoredGroup, StepRollouts
-from rlvr.training.setup import build_optimizer, build_task, tokenize_prompts
+from rlvr.training.setup import (
+    build_optimizer,
+    build_runner,
+    build_task,
+    tokenize_prompts,
+    turn_reward_tensor,
+)
 from rlvr.training.sharded_state import export_state
 from rlvr.training.update import UpdateSettings, compute_logprobs, minibatch_schedule, policy_update
 
@@ -190,7 +196,12 @@ class Trainer:
             stop_strings=self.task.stop_strings,
             seed=c.training.seed,
         )
+        self.episodes = None  # multi-turn rollouts: one environment per trajectory (docs/agents.md)
+        if c.env.name is not None:
+            self.episodes = build_runner(c, self.task)
+            self.sampling = dataclasses.replace(self.sampling, stop_strings=())  # the environment's end turns
         self.collector = RolloutCollector(
+            episodes=self.episodes,
             engine=self.engine,
             problems=self.task.train,
             prompt_ids=self.train_prompts,
@@ -304,7 +315,7 @@ class Trainer:
                 c.training.micro_batch_tokens,
                 self.update_settings.autocast_dtype,
             )
-        rewards = batch.rewards
+        rewards = batch.extra.pop("token_rewards", batch.rewards)  # [B, T] with env.turn_rewards
         if self.reference is not None:  # KL to the reference policy, in the loss or in the reward
             with self.reference.active() as ref_model:
                 batch.extra["ref_logprobs"] = compute_logprobs(
@@ -346,11 +357,19 @@ class Trainer:
         if self.critic is not None:
             batch.extra["values"] = self.critic.values(batch)  # [B, T] V(s_t), before any update
         estimator = ADVANTAGES.get(alg.advantage)
+        components = {}  # GDPO normalises each reward component on its own (arXiv 2601.05242)
+        if getattr(estimator, "takes_reward_components", False) and "reward_components" in batch.extra:
+            weights = [component.weight for component in self.reward.components]
+            components = {
+                "reward_components": batch.extra["reward_components"],
+                "reward_weights": torch.tensor(weights, dtype=torch.float64),
+            }
         adv = estimator(
             rewards=rewards,
             mask=batch.response_mask,
             group_ids=batch.group_ids,
             values=batch.extra.get("values"),
+            **components,
             **hyperparameters_for(estimator, alg, ADVANTAGE_TENSOR_ARGS),
         )
         metrics.update(adv.metrics)
@@ -480,7 +499,14 @@ class Trainer:
             correct += group.correct
             group_ids += [g] * len(group.completions)
             keys += [(group.position, j) for j in range(len(group.completions))]
-        return make_batch(completions, rewards, correct, group_ids, self.engine.pad_id, row_keys=keys)
+        batch = make_batch(completions, rewards, correct, group_ids, self.engine.pad_id, row_keys=keys)
+        parts = [c for group in groups for c in group.reward_components]  # GDPO's reward components
+        if batch.size and len(parts) == batch.size:
+            components = torch.tensor(parts, dtype=torch.float64)
+            batch.extra["reward_components"] = components.reshape(batch.size, -1)
+        if self.episodes is not None and self.config.env.turn_rewards:  # each step's reward on its turn's end
+            batch.extra["token_rewards"] = turn_reward_tensor(completions, tuple(batch.response_mask.shape))
+        return batch
 
     def _apply_completion_filters(
         self, batch: RolloutBatch, names: tuple[str, ...], metrics: dict
@@ -721,6 +747,19 @@ class Trainer:
         """A few greedy completions of training prompts, to read what the policy writes."""
         problems = self.task.train[:4]
         prompts = self.train_prompts[:4]
+        if self.episodes is not None:  # whole conversations, turn by turn
+            greedy = dataclasses.replace(self.sampling, n=1, temperature=0.0, seed=0)
+            return [
+                {
+                    "conversation": t.conversation,
+                    "answer": str(pr.answer),
+                    "reward": t.reward,
+                    "turns": t.turns,
+                    "truncation": t.truncation,
+                    "error": t.error,
+                }
+                for t, pr in zip(self.episodes.run(self.engine, problems, greedy), problems, strict=True)
+            ]
         completions = self.engine.generate(
             prompts,
             SamplingParams(

@@ -1,0 +1,437 @@
+"""Multi-turn rollouts: the policy and one environment per trajectory take turns over one KV cache.
+
+For a batch of trajectories (``n`` per problem), each environment's first observation is the prompt;
+all prompts are prefilled together (left-padded), then decoding runs one token per trajectory per
+step, as in :class:`~rlvr.rollout.hf_engine.HFEngine`. A trajectory is always in one of two states:
+
+* generating: the token comes from the policy (sampled, with its logprob; mask 1). Its turn ends on
+  the end-of-sequence token, on one of the environment's stop strings, or at the per-turn budget;
+* observing: the token is the next of the environment's answer (mask 0, logprob 0), fed through the
+  same decode step as the other rows' sampled tokens.
+
+When turns end, the environments of those trajectories step together (in threads: a sandboxed tool
+is a subprocess), and each answer is tokenized (:mod:`rlvr.rollout.turn_format`) and queued as the
+trajectory's next tokens. Generation continues on the same KV cache: nothing is prefilled twice.
+A trajectory that ends (the environment terminates or truncates it, or a budget runs out) leaves the
+batch and the cache at once.
+
+Budgets (:class:`TurnLimits`): ``max_turns`` policy turns, ``max_turn_tokens`` sampled tokens per
+turn, ``max_context_tokens`` for prompt + everything after it. A trajectory that hits one ends as
+truncated with the reason in ``truncation`` (``max_turns``, ``turn_tokens``, ``context``); one the
+environment truncates has ``env``. An environment that raises or does not answer within
+``step_timeout_s`` ends its trajectory with ``error`` set (the trainer leaves it out).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rlvr.errors import ConfigError
+from rlvr.rollout.decoders import make_decoder
+from rlvr.rollout.sampling import sample_next_token
+from rlvr.rollout.turn_format import make_format
+from rlvr.rollout.types import Completion, SamplingParams
+
+TRUNCATIONS = ("max_turns", "turn_tokens", "context", "env")
+
+
+@dataclass(frozen=True)
+class TurnLimits:
+    max_turns: int = 4
+    """Policy turns per trajectory."""
+    max_turn_tokens: int = 64
+    """Tokens the policy may sample in one turn."""
+    max_context_tokens: int = 2048
+    """Prompt + sampled + observation tokens of a trajectory."""
+    max_observation_tokens: int = 256
+    """An observation longer than this is cut to its first ``max_observation_tokens`` tokens."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_turns", "max_turn_tokens", "max_context_tokens", "max_observation_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"setting 'env.{name}' must be an integer >= 1, got {value!r}")
+
+
+@dataclass
+class Trajectory(Completion):
+    """A :class:`Completion` whose ``token_ids`` interleave turns and observations.
+
+    ``mask`` is 1 on the tokens the policy sampled and 0 on observation tokens (their logprob is 0).
+    ``finish_reason`` is ``stop`` when the environment terminated the episode, else ``length``.
+    """
+
+    reward: float = 0.0
+    """The sum of the rewards of all steps."""
+    correct: bool = False
+    turn_rewards: list[float] = field(default_factory=list)
+    turn_ends: list[int] = field(default_factory=list)
+    """Per turn, the index in ``token_ids`` of its last sampled token (where a per-turn reward goes)."""
+    turns: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    timeouts: int = 0
+    truncation: str | None = None
+    error: str | None = None
+    conversation: list[dict[str, str]] = field(default_factory=list)
+    """The whole exchange as messages (role, content, in order): prompt, turns, observations."""
+
+
+@dataclass
+class _Row:
+    """A trajectory being decoded."""
+
+    index: int
+    prompt_index: int
+    env: Any
+    prompt: list[int]
+    conversation: list[dict[str, str]]
+    ids: list[int] = field(default_factory=list)
+    mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    pending: deque = field(default_factory=deque)
+    turn_start: int = 0
+    """Where the current turn's sampled tokens begin in ``ids``."""
+    rewards: list[float] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    tool_calls: int = 0
+    tool_errors: int = 0
+    timeouts: int = 0
+    correct: bool | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.ids)
+
+
+class MultiTurnRunner:
+    """Runs environments against a policy held by an :class:`~rlvr.rollout.hf_engine.HFEngine`.
+
+    ``make_env`` makes one environment (see :func:`rlvr.envs.base.env_factory`); ``format`` is
+    plain | chat | auto (:mod:`rlvr.rollout.turn_format`); ``workers`` environment steps run at
+    once; ``step_timeout_s`` bounds one step.
+    """
+
+    def __init__(
+        self,
+        make_env: Callable[[], Any],
+        limits: TurnLimits = TurnLimits(),
+        *,
+        format: str = "auto",
+        workers: int = 8,
+        step_timeout_s: float = 60.0,
+        env_name: str | None = None,
+    ) -> None:
+        self.make_env, self.limits, self.format = make_env, limits, format
+        self.workers, self.step_timeout_s = workers, step_timeout_s
+        self.env_name = env_name or getattr(make_env, "env_name", None) or "environment"
+
+    def run(self, engine: Any, problems: Sequence[Any], sampling: SamplingParams) -> list[Trajectory]:
+        """``sampling.n`` trajectories per problem, grouped by problem in order (like ``generate``).
+
+        ``sampling.max_new_tokens`` is not used: the turn budgets are ``limits``'. The environments'
+        stop strings end turns, with ``sampling.stop_strings`` besides.
+        """
+        total = len(problems) * sampling.n
+        out: list[Trajectory] = []
+        per_chunk = max(1, engine.max_batch_sequences)
+        device = next(engine.model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(sampling.seed)
+        pool = futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rlvr-env")
+        was_training = engine.model.training
+        engine.model.eval()
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=engine.autocast_dtype)
+            if engine.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        try:
+            with torch.no_grad(), autocast:
+                for start in range(0, total, per_chunk):
+                    indices = list(range(start, min(total, start + per_chunk)))
+                    out += self._run_chunk(engine, problems, indices, sampling, generator, pool)
+        finally:
+            engine.model.train(was_training)
+            pool.shutdown(wait=False, cancel_futures=True)
+        return out
+
+    # --- one chunk -------------------------------------------------------------------------------
+
+    def _error(self, index: int, problem: Any, what: str) -> str:
+        pid = getattr(problem, "id", "?")
+        return f"environment '{self.env_name}' failed on trajectory {index} (problem {pid}): {what}"
+
+    def _start(self, index: int, problem: Any, seed: int, pool: Any) -> tuple[Any, Any]:
+        env = self.make_env()
+        future = pool.submit(env.reset, problem, seed)
+        return env, future.result(timeout=self.step_timeout_s)
+
+    def _run_chunk(
+        self,
+        engine: Any,
+        problems: Sequence[Any],
+        indices: list[int],
+        sampling: SamplingParams,
+        generator: torch.Generator,
+        pool: Any,
+    ) -> list[Trajectory]:
+        n, limits = sampling.n, self.limits
+        tokenizer = self._tokenizer = engine.tokenizer
+        done: dict[int, Trajectory] = {}
+        rows: list[_Row] = []
+        fmt = None
+        for i in indices:
+            problem = problems[i // n]
+            try:
+                env, first = self._start(i, problem, sampling.seed + i, pool)
+                fmt = fmt or make_format(self.format, tokenizer, first)
+                prompt = fmt.prompt_ids(first)
+                if not prompt or len(prompt) >= limits.max_context_tokens:
+                    raise ConfigError(
+                        f"the first observation has {len(prompt)} tokens; env.max_context_tokens is "
+                        f"{limits.max_context_tokens}"
+                    )
+            except Exception as e:  # noqa: BLE001 (reported with the trajectory; the rest go on)
+                what = "no answer from reset" if isinstance(e, futures.TimeoutError) else repr(e)
+                done[i] = _failed(i // n, self._error(i, problem, what))
+                continue
+            conversation = (
+                [{"role": "user", "content": first}] if isinstance(first, str) else [dict(m) for m in first]
+            )
+            rows.append(_Row(i, i // n, env, prompt, conversation))
+        if rows:
+            self._decode(engine, rows, fmt, sampling, generator, pool, problems, done)
+        return [done[i] for i in indices]
+
+    def _decode(self, engine, rows, fmt, sampling, generator, pool, problems, done) -> None:
+        limits, device, tokenizer = self.limits, generator.device, engine.tokenizer
+        stops = tuple(dict.fromkeys((*getattr(rows[0].env, "stop_strings", ()), *sampling.stop_strings)))
+        window = max((len(s.encode()) for s in stops), default=0) + 2
+        may_end_stop = engine._may_end_stop(stops) if stops else None
+        width = max(len(r.prompt) for r in rows)
+        input_ids = torch.tensor(
+            [[engine.pad_id] * (width - len(r.prompt)) + r.prompt for r in rows], device=device
+        )
+        attention = None
+        if any(len(r.prompt) < width for r in rows):
+            attention = torch.tensor(
+                [[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows], device=device
+            )
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        else:
+            positions = torch.arange(width, device=device).expand(len(rows), width)
+        decoder = make_decoder(engine.model, engine.decoder)
+        logits = decoder.prefill(input_ids, attention, positions).float()
+        decoder.repeat(1, room=min(limits.max_context_tokens, 4096))
+        next_position = positions[:, -1] + 1
+        active = list(rows)
+        eos = engine.eos_ids
+        while active:
+            sampled, logp = sample_next_token(
+                logits,
+                temperature=sampling.temperature,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                generator=generator,
+            )
+            sampled, logp = sampled.tolist(), logp.tolist()
+            feed: list[int] = []
+            ended: list[tuple[_Row, bool, bool]] = []  # (row, ended on eos, cut by the turn budget)
+            finished: set[int] = set()
+            for a, row in enumerate(active):
+                if row.pending:  # observing: the environment's next token
+                    token = row.pending.popleft()
+                    row.ids.append(token), row.mask.append(0), row.logprobs.append(0.0)
+                    feed.append(token)
+                    continue
+                token = sampled[a]
+                row.ids.append(token), row.mask.append(1), row.logprobs.append(logp[a])
+                feed.append(token)
+                turn_tokens = len(row.ids) - row.turn_start
+                if token in eos:
+                    ended.append((row, True, False))
+                elif (
+                    may_end_stop is not None
+                    and bool(may_end_stop[token])
+                    and any(
+                        s in tokenizer.decode(row.ids[max(row.turn_start, len(row.ids) - window) :])
+                        for s in stops
+                    )
+                ):
+                    ended.append((row, False, False))
+                elif turn_tokens >= limits.max_turn_tokens:
+                    ended.append((row, False, True))
+                elif row.length >= limits.max_context_tokens:
+                    self._finish(row, "context", done)
+                    finished.add(row.index)
+            for row, result, cut in self._step_envs(ended, pool, tokenizer, problems, sampling.n):
+                if self._after_step(row, result, cut, fmt, done):
+                    finished.add(row.index)
+            if finished:
+                keep = [a for a, row in enumerate(active) if row.index not in finished]
+                if not keep:
+                    break
+                decoder.keep(torch.tensor(keep, device=device))
+                active = [active[a] for a in keep]
+                feed = [feed[a] for a in keep]
+                next_position = next_position[torch.tensor(keep, device=device)]
+            logits = decoder.step(torch.tensor(feed, device=device), next_position).float()
+            next_position = next_position + 1
+
+    def _step_envs(self, ended, pool, tokenizer, problems, n):
+        """Step the environments of the turns that just ended, together; (row, result or error, cut)."""
+        if not ended:
+            return []
+        submitted = []
+        for row, _eos, cut in ended:
+            action = tokenizer.decode(row.ids[row.turn_start :], skip_special_tokens=True)
+            row.conversation.append({"role": "assistant", "content": action})
+            row.env.action_truncated = cut
+            submitted.append(pool.submit(row.env.step, action))
+        deadline = time.monotonic() + self.step_timeout_s
+        out = []
+        for (row, eos, cut), future in zip(ended, submitted, strict=True):
+            try:
+                result = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                observation, reward, terminated, truncated, info = result
+                result = (
+                    str(observation or ""),
+                    float(reward),
+                    bool(terminated),
+                    bool(truncated),
+                    dict(info or {}),
+                )
+            except futures.TimeoutError:
+                result = self._error(
+                    row.index, problems[row.index // n], f"step gave no answer in {self.step_timeout_s:g} s"
+                )
+            except Exception as e:  # noqa: BLE001
+                result = self._error(row.index, problems[row.index // n], f"step raised {e!r}")
+            out.append((row, result, (eos, cut)))
+        return out
+
+    def _after_step(self, row: _Row, result: Any, how: tuple[bool, bool], fmt: Any, done: dict) -> bool:
+        """Record one step; queue its observation or end the trajectory. True when it ended."""
+        ended_with_eos, cut = how
+        if isinstance(result, str):  # the environment failed
+            self._finish(row, None, done, error=result)
+            return True
+        observation, reward, terminated, truncated, info = result
+        row.rewards.append(reward)
+        row.ends.append(len(row.ids) - 1)
+        row.tool_calls += bool(info.get("tool_call"))
+        row.tool_errors += bool(info.get("tool_error"))
+        row.timeouts += bool(info.get("timeout"))
+        if "correct" in info:
+            row.correct = bool(info["correct"])
+        if terminated:
+            self._finish(row, None, done, stop=True)
+        elif truncated:
+            self._finish(row, "env", done)
+        elif cut:
+            self._finish(row, "turn_tokens", done)
+        elif len(row.rewards) >= self.limits.max_turns:
+            self._finish(row, "max_turns", done)
+        else:
+            role = getattr(row.env, "observation_role", "user")
+            ids = fmt.observation_ids(observation, role, ended_with_eos)[: self.limits.max_observation_tokens]
+            if row.length + len(ids) + 1 > self.limits.max_context_tokens:
+                self._finish(row, "context", done)
+                return True
+            row.conversation.append({"role": role, "content": observation})
+            row.pending.extend(ids)
+            row.turn_start = len(row.ids) + len(ids)
+            return False
+        if observation:
+            row.conversation.append(
+                {"role": getattr(row.env, "observation_role", "user"), "content": observation}
+            )
+        return True
+
+    def _finish(
+        self, row: _Row, truncation: str | None, done: dict, *, stop: bool = False, error: str | None = None
+    ) -> None:
+        """Make ``row`` a :class:`Trajectory` in ``done`` and close its environment."""
+        reward = float(sum(row.rewards))
+        in_turn = bool(row.ids) and not row.pending and row.turn_start < len(row.ids)
+        open_turn = in_turn and (not row.ends or row.ends[-1] < row.turn_start)
+        done[row.index] = Trajectory(
+            prompt_index=row.prompt_index,
+            prompt_ids=list(row.prompt),
+            token_ids=list(row.ids),
+            logprobs=list(row.logprobs),
+            text=self._tokenizer.decode(row.ids, skip_special_tokens=True),
+            finish_reason="stop" if stop else "length",
+            mask=list(row.mask),
+            reward=reward,
+            correct=row.correct if row.correct is not None else reward > 0,
+            turn_rewards=list(row.rewards),
+            turn_ends=list(row.ends),
+            turns=len(row.rewards) + int(open_turn),
+            tool_calls=row.tool_calls,
+            tool_errors=row.tool_errors,
+            timeouts=row.timeouts,
+            truncation=truncation,
+            error=error,
+            conversation=row.conversation,
+        )
+        with contextlib.suppress(Exception):
+            close = getattr(row.env, "close", None)
+            if close is not None:
+                close()
+
+
+def _failed(prompt_index: int, error: str) -> Trajectory:
+    return Trajectory(prompt_index, [], [], [], "", "length", mask=[], error=error)
+
+
+def trajectory_sums(trajectories: Sequence[Trajectory]) -> dict[str, float]:
+    """Per-batch sums of what multi-turn rollouts report (add them over ranks, then divide by
+    ``trajectories``): turns, tool calls, tool errors and timeouts, tokens generated and observed,
+    truncations by reason, environment errors."""
+    sums = dict.fromkeys(
+        [
+            "trajectories",
+            "turns",
+            "tool_calls",
+            "tool_errors",
+            "tool_timeouts",
+            "tokens_generated",
+            "tokens_observed",
+            "errors",
+            *(f"truncated_{r}" for r in TRUNCATIONS),
+        ],
+        0.0,
+    )
+    for t in trajectories:
+        sums["trajectories"] += 1
+        if t.error is not None:
+            sums["errors"] += 1
+            continue
+        generated = sum(t.mask) if t.mask is not None else len(t.token_ids)
+        sums["turns"] += t.turns
+        sums["tool_calls"] += t.tool_calls
+        sums["tool_errors"] += t.tool_errors
+        sums["tool_timeouts"] += t.timeouts
+        sums["tokens_generated"] += generated
+        sums["tokens_observed"] += len(t.token_ids) - generated
+        if t.truncation is not None:
+            sums[f"truncated_{t.truncation}"] += 1
+    return sums
+
+
+def trajectory_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """``env/*`` metrics from :func:`trajectory_sums` (possibly added over ranks): means per
+    trajectory (environment errors left out), and ``env/errors`` as a count."""
+    count = max(sums["trajectories"] - sums["errors"], 1.0)
+    out = {f"env/{k}": v / count for k, v in sums.items() if k not in ("trajectories", "errors")}
+    out["env/errors"] = sums["errors"]
+    return out
