@@ -5,7 +5,7 @@ rlvr eval [MODEL_OR_RUN_DIR] [CONFIG.yaml] [key=value ...] [--benchmarks a,b] [-
 rlvr config show [CONFIG] [key=value ...]
 rlvr presets
 rlvr plan CONFIG [key=value ...] [--nproc N] [--device-memory 80GB] [--device cpu|cuda]
-rlvr toy build [--output DIR] [--seed N]
+rlvr toy build [NAME] [--output DIR] [--seed N]
 rlvr plot RUN_DIR
 rlvr merge MODEL_A MODEL_B [...] --output DIR [--weights W ...] [--base BASE] [key=value ...]
 rlvr sft CONFIG [key=value ...] [--resume | --overwrite]
@@ -165,10 +165,10 @@ def _plan(args: argparse.Namespace) -> int:
 def _toy_build(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from rlvr.toy.build import SHIPPED_DIR, ToyBuildConfig, build_toy
+    from rlvr.toy.build import build_toy, toy_named
 
-    cfg = dataclasses.replace(ToyBuildConfig(), seed=args.seed)
-    build_toy(args.output or SHIPPED_DIR, cfg)
+    toy = toy_named(args.name)
+    build_toy(args.output, dataclasses.replace(toy.config, seed=args.seed), name=args.name)
     return 0
 
 
@@ -432,7 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     toy = sub.add_parser("toy", help="the embedded tiny model")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
-    build = toy_sub.add_parser("build", help="build and warm-start the tiny model from nothing")
+    build = toy_sub.add_parser("build", help="build and warm-start a tiny model from nothing")
+    build.add_argument(
+        "name",
+        nargs="?",
+        default="toy",
+        help="toy: 2-digit addition, terse; toy-long: answers of varying length",
+    )
     build.add_argument("--output", default=None, help="directory (default: the shipped model's)")
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=_toy_build)

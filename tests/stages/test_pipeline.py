@@ -213,8 +213,30 @@ def test_toy_recipe_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         RECIPE, root=tmp_path / "run", log=lambda *a: lines.append(" ".join(map(str, a)))
     )
     assert [r.status for r in reports] == ["ran"] * 5
+    assert all(r.seconds is not None and r.seconds >= 0 for r in reports)
     assert (tmp_path / "run" / "merge" / "model.safetensors").is_file()
     assert reports[2].accuracy.startswith("arithmetic avg@1 ") and reports[4].accuracy
     assert "stage" in lines[-1] and "eval_merge" in lines[-1]
     reports = pl.run_pipeline(RECIPE, root=tmp_path / "run", log=lambda *a: None)
     assert [r.status for r in reports] == ["done before"] * 5
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    sorted(p.name for p in RECIPE.parent.glob("*.yaml") if "\nstages:" in p.read_text()),
+)
+def test_every_shipped_pipeline_plans(recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every reference and every stage's settings of the shipped pipelines resolve before anything runs."""
+    monkeypatch.chdir(RECIPE.parents[1])
+    stages = pl.plan_pipeline(pl.read_pipeline(RECIPE.parent / recipe, tmp_path))
+    assert stages and all(s.out.parent == tmp_path for s in stages)
+
+
+def test_a_setting_added_since_a_stage_ran_is_no_change_at_its_default() -> None:
+    from rlvr.training.run_dir import config_differences
+
+    saved = {"a": 1, "b": {"c": 2}}
+    now = {"a": 1, "b": {"c": 2, "new": 5}, "other": 3}
+    defaults = {"a": 0, "b": {"c": 0, "new": 5}, "other": 0}
+    assert [(c[0], c[2]) for c in config_differences(saved, now, defaults)] == [("other", 3)]
+    assert [c[0] for c in config_differences(saved, now)] == ["b.new", "other"]

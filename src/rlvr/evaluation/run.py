@@ -47,7 +47,9 @@ def resolve_targets(model: str, checkpoint: str) -> list[Target]:
     if not is_run_dir(model):
         if checkpoint != "final":
             raise ConfigError(f"setting 'checkpoint' applies to run directories; {model!r} is not one")
-        if model != "toy" and not Path(model).exists() and "/" not in model:
+        from rlvr.toy.build import TOYS
+
+        if model not in TOYS and not Path(model).exists() and "/" not in model:
             raise ConfigError(f"model {model!r} is neither a directory nor a hub name (owner/name)")
         return [Target(Path(model).name, model, None)]
     run = Path(model)

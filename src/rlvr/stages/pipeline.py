@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -356,7 +357,8 @@ def check_records(stages: Sequence[Planned], state: dict[str, Any], origin: str)
                 f"{origin}: stage {name!r} is recorded as done but the earlier stage {missing!r} is not: "
                 f"pass --from {missing} to redo the stages from it on"
             )
-        changes = config_differences(record["settings"], settings_of(stage.config))
+        defaults = settings_of(type(stage.config)())
+        changes = config_differences(record["settings"], settings_of(stage.config), defaults)
         if record["run"] != stage.spec.run:
             changes.insert(0, ("run", record["run"], stage.spec.run))
         if changes:
@@ -482,31 +484,41 @@ class StageReport:
     status: str  # ran, done before, not run
     produced: str
     accuracy: str = ""
+    seconds: float | None = None
+    """Wall-clock time of the stage's last run (a resumed stage: of the part after the resume)."""
 
 
 def headline_accuracy(results_file: Path) -> str:
-    """``benchmark avg@n XX.X%`` for each benchmark of an eval stage's results.json."""
+    """``benchmark avg@n XX.X% (length L)`` for each benchmark of an eval stage's results.json,
+    L the mean completion length in tokens."""
     results = json.loads(results_file.read_text(encoding="utf-8"))
     n = results["settings"]["samples_per_problem"]
-    return ", ".join(
-        f"{name} avg@{n} {100 * b[f'avg@{n}']:.1f}%" for name, b in results["benchmarks"].items()
-    )
+    parts = []
+    for name, b in results["benchmarks"].items():
+        length = b.get("length_mean")
+        parts.append(
+            f"{name} avg@{n} {100 * b[f'avg@{n}']:.1f}%" + (f" (length {length:.1f})" if length else "")
+        )
+    return ", ".join(parts)
 
 
-def _report(stage: Planned, status: str) -> StageReport:
+def _report(stage: Planned, status: str, seconds: float | None) -> StageReport:
     o = stage.outputs
     produced = o.get("final") or o.get("data") or o.get("results") or o["dir"]
     accuracy = ""
     if stage.spec.run == "eval" and Path(o["results"]).is_file():
         accuracy = headline_accuracy(Path(o["results"]))
-    return StageReport(stage.spec.name, stage.spec.run, status, produced, accuracy)
+    return StageReport(stage.spec.name, stage.spec.run, status, produced, accuracy, seconds)
 
 
 def format_reports(reports: Sequence[StageReport]) -> str:
-    """The table printed at the end: stage, kind, status, what it produced, accuracy."""
-    rows = [("stage", "run", "status", "produced", "accuracy")]
-    rows += [(r.name, r.run, r.status, r.produced, r.accuracy) for r in reports]
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    """The table printed at the end: stage, kind, status, seconds, what it produced, accuracy."""
+    rows = [("stage", "run", "status", "seconds", "produced", "accuracy")]
+    rows += [
+        (r.name, r.run, r.status, "" if r.seconds is None else f"{r.seconds:.0f}", r.produced, r.accuracy)
+        for r in reports
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
@@ -541,13 +553,20 @@ def run_pipeline(
         name = stage.spec.name
         if name in state and is_done(stage):
             log(f"[{name}] done before: {stage.outputs.get('final') or stage.outputs['dir']} (not redone)")
-            reports.append(_report(stage, "done before"))
+            reports.append(_report(stage, "done before", state[name].get("seconds")))
             continue
         log(f"[{name}] rlvr {stage.spec.run} in {stage.out}")
         stage.out.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
         RUNNERS[stage.spec.run](stage.config, stage.out, log)
-        state[name] = {"run": stage.spec.run, "settings": settings_of(stage.config), "outputs": stage.outputs}
+        seconds = round(time.perf_counter() - started, 1)
+        state[name] = {
+            "run": stage.spec.run,
+            "settings": settings_of(stage.config),
+            "outputs": stage.outputs,
+            "seconds": seconds,
+        }
         write_state(pipeline.dir, state)
-        reports.append(_report(stage, "ran"))
+        reports.append(_report(stage, "ran", seconds))
     log(format_reports(reports))
     return reports

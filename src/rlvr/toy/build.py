@@ -1,19 +1,23 @@
-"""``rlvr toy build``: the embedded tiny model, made from nothing and reproducible from a seed.
+"""``rlvr toy build [NAME]``: the embedded tiny models, made from nothing and reproducible from a seed.
 
-The model is a Qwen2 architecture (transformers' ``Qwen2ForCausalLM``) of about 0.9M parameters
-over the character-level tokenizer of :mod:`rlvr.toy.tokenizer`. It is warm-started by a short
-supervised fine-tuning on 2-digit addition written in the R1 format with a column-wise chain of
-thought::
+Each toy is a Qwen2 architecture (transformers' ``Qwen2ForCausalLM``) of under 1M parameters over
+the character-level tokenizer of :mod:`rlvr.toy.tokenizer`, warm-started by a short supervised
+fine-tuning on 2-digit additions written in the R1 format (:mod:`rlvr.toy.formats`):
 
-    47+38=  ->  <think>7+8=15 4+3+1=8</think><answer>85</answer>
+* ``toy`` (``model: toy``) writes the column-wise working and the sum::
 
-and stopped early, while it writes the format reliably but gets few sums right: the analogue of a
-base model before R1-Zero training. RL then has something to improve.
+      47+38=  ->  <think>7+8=15 4+3+1=8</think><answer>85</answer>
 
-The learning rate stays constant after a short warmup, and the run stops at a fixed step. A
-schedule decayed to zero at the stopping point gives a model that is stopped in the middle of a
-sharp transition (greedy accuracy 5% at step 210, 14% at 220, 42% at 240), whose samples at
-temperature 1 are rarely right (3%): most GRPO groups then have all rewards equal and the few
+  It is stopped early, while it writes the format reliably but gets few sums right: the analogue of
+  a base model before R1-Zero training. RL then has something to improve.
+* ``toy-long`` (``model: toy-long``) writes the same working in four styles, from terse to three
+  times as long, mostly the long ones; it is trained to a useful accuracy. Its answers vary in length
+  for the same accuracy: the long-answer model of the long2short recipes.
+
+The learning rate stays constant after a short warmup, and the run stops at a fixed step. For
+``toy``, a schedule decayed to zero at the stopping point gives a model that is stopped in the
+middle of a sharp transition (greedy accuracy 5% at step 210, 14% at 220, 42% at 240), whose samples
+at temperature 1 are rarely right (3%): most GRPO groups then have all rewards equal and the few
 updates lower the accuracy. At a constant rate the model at 14% greedy accuracy is more confident
 (entropy 0.26 instead of 0.59 nats per token) and its samples are right about as often as its
 greedy answers (13%), so most groups of 8 samples hold both right and wrong answers.
@@ -24,15 +28,17 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from rlvr.toy.formats import terse_completion, verbose_completion
 from rlvr.toy.tokenizer import build_tokenizer
 
-SHIPPED_DIR = Path(__file__).resolve().parent / "model"
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -49,28 +55,50 @@ class ToyBuildConfig:
     sft_lr: float = 3e-3
     sft_problems: int = 2000
     eval_problems: int = 200
+    max_new_tokens: int = 48
+    """Generation budget of the held-out accuracy check, in tokens."""
 
 
-def addition_chain_of_thought(a: int, b: int) -> str:
-    """The column-wise reasoning for ``a + b``, least significant digit first.
+@dataclass(frozen=True)
+class Toy:
+    """An embedded tiny model: where it ships, how it is built, and what it writes."""
 
-    >>> addition_chain_of_thought(47, 38)
-    '7+8=15 4+3+1=8'
-    """
-    steps, carry = [], 0
-    da, db = str(a)[::-1], str(b)[::-1]
-    for i in range(max(len(da), len(db))):
-        x = int(da[i]) if i < len(da) else 0
-        y = int(db[i]) if i < len(db) else 0
-        total = x + y + carry
-        steps.append(f"{x}+{y}" + (f"+{carry}" if carry else "") + f"={total}")
-        carry = total // 10
-    return " ".join(steps)
+    name: str
+    directory: Path
+    completion: Callable[[str, str, random.Random], str]
+    """(question, answer, rng) -> the warm-start completion."""
+    config: ToyBuildConfig = field(default_factory=ToyBuildConfig)
+    summary: str = ""
 
 
-def sft_completion(question: str, answer: str) -> str:
-    a, b = (int(x) for x in question.rstrip("=").split("+"))
-    return f"<think>{addition_chain_of_thought(a, b)}</think><answer>{answer}</answer>"
+TOYS: dict[str, Toy] = {
+    "toy": Toy(
+        "toy",
+        PACKAGE_DIR / "model",
+        lambda question, answer, rng: terse_completion(question, answer),
+        summary="2-digit addition with terse working, stopped early (about 14% greedy accuracy)",
+    ),
+    "toy-long": Toy(
+        "toy-long",
+        PACKAGE_DIR / "model_long",
+        verbose_completion,
+        ToyBuildConfig(max_positions=192, sft_steps=600, sft_lr=2e-3, eval_problems=500, max_new_tokens=160),
+        summary="2-digit addition with working of varying length, mostly long (the long2short recipes)",
+    ),
+}
+"""The embedded toys by the name a config gives as ``model.path``."""
+
+SHIPPED_DIR = TOYS["toy"].directory
+"""The ``toy`` model's directory."""
+
+
+def toy_named(name: str) -> Toy:
+    """The toy called ``name``; an unknown name is an error listing the toys."""
+    from rlvr.errors import ConfigError
+
+    if name not in TOYS:
+        raise ConfigError(f"no embedded toy model {name!r}; the toys are: {', '.join(TOYS)}")
+    return TOYS[name]
 
 
 def build_model(cfg: ToyBuildConfig, vocab_size: int, eos_id: int) -> Qwen2ForCausalLM:
@@ -127,15 +155,21 @@ def greedy_accuracy(model, tokenizer, problems, max_new_tokens: int = 48) -> flo
     return sum(result.correct or []) / max(1, len(problems))
 
 
-def build_toy(output_dir: str | Path, cfg: ToyBuildConfig = ToyBuildConfig(), log=print) -> dict:
-    """Build, warm-start and save the toy model; returns the build report (also saved as JSON)."""
+def build_toy(
+    output_dir: str | Path | None = None, cfg: ToyBuildConfig | None = None, log=print, *, name: str = "toy"
+) -> dict:
+    """Build, warm-start and save the toy ``name`` (default: into its shipped directory, with its own
+    settings); returns the build report (also saved as JSON)."""
     from rlvr.tasks.arithmetic import arithmetic_task
 
-    output_dir = Path(output_dir)
+    toy = toy_named(name)
+    cfg = cfg or toy.config
+    output_dir = Path(output_dir or toy.directory)
     tokenizer = build_tokenizer()
     model = build_model(cfg, len(tokenizer), tokenizer.eos_token_id)
     task = arithmetic_task(num_train=cfg.sft_problems, num_test=cfg.eval_problems, seed=cfg.seed + 1000)
-    pairs = [(p.question, sft_completion(p.question, p.answer)) for p in task.train]
+    data_rng = random.Random(cfg.seed + 1)
+    pairs = [(p.question, toy.completion(p.question, p.answer, data_rng)) for p in task.train]
     rng = random.Random(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20))
@@ -152,10 +186,10 @@ def build_toy(output_dir: str | Path, cfg: ToyBuildConfig = ToyBuildConfig(), lo
         if step % 50 == 0 or step == cfg.sft_steps - 1:
             log(f"sft step {step:4d}/{cfg.sft_steps}  loss {loss.item():.4f}  ({time.time() - start:.0f}s)")
     model.eval()
-    accuracy = greedy_accuracy(model, tokenizer, task.test)
+    accuracy = greedy_accuracy(model, tokenizer, task.test, cfg.max_new_tokens)
     params = sum(p.numel() for p in model.parameters())
-    report = {"parameters": params, "greedy_accuracy_heldout": accuracy, "config": asdict(cfg)}
-    log(f"toy model: {params / 1e6:.2f}M parameters, greedy held-out accuracy {accuracy:.1%}")
+    report = {"name": name, "parameters": params, "greedy_accuracy_heldout": accuracy, "config": asdict(cfg)}
+    log(f"{name} model: {params / 1e6:.2f}M parameters, greedy held-out accuracy {accuracy:.1%}")
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)

@@ -16,16 +16,18 @@ from rlvr.errors import ConfigError
 
 
 def resolve_model_path(path: str) -> str:
-    """``toy`` is the tiny model shipped with rlvr; anything else is passed to ``from_pretrained``."""
-    if path == "toy":
-        from rlvr.toy.build import SHIPPED_DIR
+    """``toy`` and ``toy-long`` are the tiny models shipped with rlvr (:data:`rlvr.toy.build.TOYS`);
+    anything else is passed to ``from_pretrained``."""
+    from rlvr.toy.build import TOYS
 
-        if not (SHIPPED_DIR / "config.json").is_file():
-            raise ConfigError(
-                f"the shipped toy model is missing from {SHIPPED_DIR}; rebuild it with `rlvr toy build`"
-            )
-        return str(SHIPPED_DIR)
-    return path
+    toy = TOYS.get(path)
+    if toy is None:
+        return path
+    if not (toy.directory / "config.json").is_file():
+        raise ConfigError(
+            f"the shipped {path} model is missing from {toy.directory}; rebuild it with `rlvr toy build {path}`"
+        )
+    return str(toy.directory)
 
 
 def resolve_device(device: str) -> torch.device:

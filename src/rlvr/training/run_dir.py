@@ -80,13 +80,20 @@ def is_safe_to_change(key: str) -> bool:
 _ABSENT = object()
 
 
-def config_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(key, saved value, new value)`` for every setting that differs, by dotted key."""
+def config_differences(
+    saved: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, new value)`` for every setting that differs, by dotted key.
+
+    With ``defaults`` (the settings of a default config), a setting the saved one does not have
+    and the new one holds at its default is no difference: it was added to rlvr since."""
     a, b = flatten(saved), flatten(new)
+    d = flatten(defaults) if defaults is not None else {}
     return [
         (key, a.get(key, _ABSENT), b.get(key, _ABSENT))
         for key in sorted(a.keys() | b.keys())
         if a.get(key, _ABSENT) != b.get(key, _ABSENT)
+        and not (key not in a and key in d and b.get(key, _ABSENT) == d[key])
     ]
 
 
