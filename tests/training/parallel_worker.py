@@ -8,6 +8,12 @@
         one dynamic-sampling step in which every group of rank 1 is filtered out
     [torchrun ...] parallel_worker.py ahead OUT STRATEGY
         three steps with rollout.generate_ahead; what the generating copy held after each
+    python parallel_worker.py make-agent GROUPS                multi-turn trajectories (calculator), saved
+    [torchrun ...] parallel_worker.py learn-agent GROUPS OUT STRATEGY SPLIT PRESET...
+        as ``learn``, on the trajectories, in env mode (docs/agents.md); a preset may end in
+        ``+turn_rewards`` (env.turn_rewards: each step's reward on its turn's last sampled token)
+    [torchrun ...] parallel_worker.py agent-step OUT STRATEGY
+        one whole env-mode step; each rank saves its metrics and its own trajectories
 
 SPLIT ``alternate`` gives rank r the groups at positions r, r + N, ...; ``first`` gives them all to
 rank 0, so that the other ranks learn from nothing and only take part in the collectives.
@@ -15,6 +21,7 @@ rank 0, so that the other ranks learn from nothing and only take part in the col
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import sys
 from pathlib import Path
@@ -60,6 +67,78 @@ def settings(preset: str, strategy: str, out: str, teacher: str = "toy") -> list
     ]
 
 
+AGENT = [
+    "task.name=arithmetic",
+    "task.params={num_train: 16, num_test: 2, digits: 2, ops: ['+'], seed: 1000}",
+    "env.name=calculator",
+    "env.params={max_tool_calls: 2}",
+    "env.max_turns=3",
+    "env.max_turn_tokens=8",
+    "env.max_context_tokens=160",
+    "algorithm.kl_coef=0.0",
+]
+"""Env mode: the toy model with the calculator tool, turns short enough for a quick test."""
+
+
+def agent_settings(preset: str, strategy: str, out: str) -> list[str]:
+    preset, _, extra = preset.partition("+")
+    return [
+        *settings(preset, strategy, out),
+        *AGENT,
+        *(["env.turn_rewards=true"] if extra == "turn_rewards" else []),
+    ]
+
+
+def make_agent_groups(path: str) -> None:
+    """Trajectories of the toy model with the calculator (observation tokens are holes of their
+    masks), 4 per problem, with the rewards of REWARDS so that every kind of group is there; the
+    last turn of each trajectory carries its reward (for env.turn_rewards)."""
+    trainer = Trainer(
+        load_config(None, agent_settings("grpo", "none", str(Path(path).parent / "make-agent")))
+    )
+    problems = list(trainer.task.train)[:4]
+    sampling = dataclasses.replace(trainer.sampling, n=4, temperature=1.0, seed=3)
+    trajectories = trainer.episodes.run(trainer.engine, problems, sampling)
+    assert all(t.error is None for t in trajectories)
+    assert any(0 in t.mask for t in trajectories), "no observation tokens: the tool was never called"
+    groups = []
+    for g in range(4):
+        mine = trajectories[4 * g : 4 * g + 4]
+        for t, r in zip(mine, REWARDS[g], strict=True):
+            t.reward, t.correct = float(r), bool(r)
+            t.turn_rewards = [0.0] * (len(t.turn_ends) - 1) + [float(r)]
+        groups.append(
+            ScoredGroup(
+                prompt_index=g,
+                completions=mine,
+                rewards=[float(r) for r in REWARDS[g]],
+                correct=[bool(r) for r in REWARDS[g]],
+                outcomes=["correct" if r else "wrong" for r in REWARDS[g]],
+                position=g,
+            )
+        )
+    Path(path).write_bytes(pickle.dumps(groups))
+
+
+def agent_step(out: str, strategy: str) -> None:
+    """One env-mode step (generation with the environments included): rank r saves the step's
+    metrics and the trajectories it generated to OUT/agent-rank<r>.pt."""
+    trainer = Trainer(
+        load_config(None, agent_settings("grpo", strategy, f"{out}/run-agent")), log=lambda s: None
+    )
+    mine = []
+    run = trainer.episodes.run
+
+    def recording(*args, **kwargs):
+        trajectories = run(*args, **kwargs)
+        mine.extend(trajectories)
+        return trajectories
+
+    trainer.episodes.run = recording
+    metrics = trainer.train_step(0)
+    torch.save({"metrics": metrics, "trajectories": mine}, f"{out}/agent-rank{rank()}.pt")
+
+
 def make_groups(path: str) -> None:
     trainer = Trainer(load_config(None, settings("grpo", "none", str(Path(path).parent / "make"))))
     prompts = trainer.train_prompts[:4]
@@ -100,17 +179,20 @@ def full_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     return weights
 
 
-def learn(groups_path: str, out: str, strategy: str, split: str, presets: list[str]) -> None:
+def learn(
+    groups_path: str, out: str, strategy: str, split: str, presets: list[str], agent: bool = False
+) -> None:
     groups: list[ScoredGroup] = pickle.loads(Path(groups_path).read_bytes())
     if split == "alternate":
         mine = [g for g in groups if g.position % world_size() == rank()]
     else:
         mine = groups if rank() == 0 else []
     for preset in presets:
-        trainer = Trainer(
-            load_config(None, settings(preset, strategy, f"{out}/run-{preset}", teacher_dir(groups_path))),
-            log=lambda s: None,
-        )
+        if agent:
+            overrides = agent_settings(preset, strategy, f"{out}/run-{preset}")
+        else:
+            overrides = settings(preset, strategy, f"{out}/run-{preset}", teacher_dir(groups_path))
+        trainer = Trainer(load_config(None, overrides), log=lambda s: None)
         metrics = trainer.learn(StepRollouts(groups=mine))
         weights = full_weights(trainer)
         if rank() == 0:
@@ -162,16 +244,23 @@ def generate_ahead_steps(out: str, strategy: str) -> None:
 def main(argv: list[str]) -> None:
     command, *args = argv
     init_from_environment(timeout_s=120, use_cuda=False)
-    Path(args[1] if command == "learn" else args[0]).parent.mkdir(parents=True, exist_ok=True)
-    if command != "make":
-        Path(args[1] if command == "learn" else args[0]).mkdir(parents=True, exist_ok=True)
+    learning = command in ("learn", "learn-agent")
+    Path(args[1] if learning else args[0]).parent.mkdir(parents=True, exist_ok=True)
+    if command not in ("make", "make-agent"):
+        Path(args[1] if learning else args[0]).mkdir(parents=True, exist_ok=True)
     try:
         if command == "make":
             make_groups(*args)
         elif command == "learn":
             learn(args[0], args[1], args[2], args[3], args[4:])
+        elif command == "make-agent":
+            make_agent_groups(*args)
+        elif command == "learn-agent":
+            learn(args[0], args[1], args[2], args[3], args[4:], agent=True)
         elif command == "filtered":
             filtered_step(*args)
+        elif command == "agent-step":
+            agent_step(*args)
         elif command == "ahead":
             generate_ahead_steps(*args)
         else:

@@ -163,6 +163,54 @@ def test_one_step_on_two_ranks_equals_the_same_batch_on_one(rollouts, tmp_path, 
         assert moved > 1e-4, (preset, moved)  # the step did change the weights, by far more than 1e-5
 
 
+AGENT_PRESETS = ["grpo", "dapo", "gspo", "ppo+turn_rewards", "vapo", "reinforce_pp+turn_rewards"]
+"""Env mode: group estimators, token-level aggregation, a critic (GAE skips the observation tokens)
+and per-turn rewards."""
+
+
+@pytest.fixture(scope="module")
+def trajectories(tmp_path_factory) -> Path:
+    """Real multi-turn trajectories of the toy model with the calculator tool (observation tokens
+    are holes of their masks), fed to every run."""
+    path = tmp_path_factory.mktemp("trajectories") / "groups.pkl"
+    _run([sys.executable, str(WORKER), "make-agent", str(path)])
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_one_multi_turn_step_on_two_ranks_equals_the_same_batch_on_one(trajectories, tmp_path, strategy):
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = [str(WORKER), "learn-agent", str(trajectories)]
+    _run([sys.executable, *args, str(one), "none", "alternate", *AGENT_PRESETS])
+    _run(_torchrun(*args, str(two), strategy, "alternate", *AGENT_PRESETS))
+    initial = _initial_weights()
+    for preset in AGENT_PRESETS:
+        diff = _compare(one, two, preset)
+        assert diff <= 1e-5, (preset, diff)
+        weights = torch.load(one / f"{preset}.pt")["weights"]
+        moved = max((weights[k] - initial[k]).abs().max().item() for k in initial)
+        assert moved > 1e-4, (preset, moved)
+
+
+@pytest.mark.slow
+def test_env_metrics_of_a_multi_turn_step_count_the_trajectories_of_every_rank(tmp_path):
+    from rlvr.rollout.multi_turn import trajectory_metrics, trajectory_sums
+
+    _run(_torchrun(str(WORKER), "agent-step", str(tmp_path), "ddp"), timeout=300)
+    reports = [torch.load(tmp_path / f"agent-rank{r}.pt", weights_only=False) for r in range(2)]
+    assert all(len(r["trajectories"]) == 8 for r in reports)  # 2 of the 4 prompts each, 4 samples
+    sums = [trajectory_sums(r["trajectories"]) for r in reports]
+    expected = trajectory_metrics({k: sums[0][k] + sums[1][k] for k in sums[0]})
+    for report in reports:
+        for key, value in expected.items():
+            assert report["metrics"][key] == pytest.approx(value), key
+    a, b = (r["metrics"] for r in reports)
+    for key, value in a.items():  # every logged metric is the same on both ranks
+        if not key.startswith(("time/", "throughput/", "memory/")):
+            assert b[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
 @pytest.mark.slow
 def test_activation_checkpointing_under_fsdp2_changes_no_update(rollouts, tmp_path):
     presets = ["grpo", "ppo"]

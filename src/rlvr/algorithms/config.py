@@ -87,6 +87,23 @@ class AlgorithmConfig:
     gmpo_eps_high: float = 0.4
     """gmpo: token log-ratios are clipped at +gmpo_eps_high (ratio e^0.4 = 1.492)."""
 
+    # --- rollout/trainer mismatch (rlvr.algorithms.mismatch; all off by default) ----------
+    mismatch_is: Literal["none", "token", "sequence", "geometric"] = "none"
+    """Truncated importance weight min(pi_old / pi_rollout, mismatch_is_cap) on each token's loss:
+    per token (TIS), per sequence from the product of its ratios, or from their geometric mean."""
+    mismatch_is_cap: float = 2.0
+    """The truncation C of mismatch_is (>= 1)."""
+    mismatch_mask: Literal["none", "token", "sequence", "geometric"] = "none"
+    """Masked IS: drop tokens (token: IcePop) or whole sequences (product or geometric mean of the
+    ratios) whose pi_old / pi_rollout ratio lies outside [mismatch_mask_low, mismatch_mask_high]."""
+    mismatch_mask_low: float = 0.5
+    """Lower bound of the mismatch_mask band, in [0, 1]."""
+    mismatch_mask_high: float = 2.0
+    """Upper bound of the mismatch_mask band, >= 1."""
+    mismatch_opsm_delta: float | None = None
+    """DeepSeek-V3.2's off-policy sequence mask: drop sequences with A < 0 whose mean per-token
+    log(pi_rollout / pi_theta) exceeds this delta (>= 0). None disables it."""
+
     # --- KL to the reference model -------------------------------------------------------
     kl_coef: float = 0.0
     """beta. 0 disables the KL term and loads no reference model."""

@@ -71,9 +71,10 @@ def _lookup(key: str, registry: Any, name: object) -> Callable[..., Any]:
 
 def _loop_functions() -> list[tuple[str, Callable[..., Any], tuple[str, ...]]]:
     """(label, function, tensor arguments) of the loop-level terms that read config fields."""
-    from rlvr.algorithms import kl, lm_loss, value
+    from rlvr.algorithms import kl, lm_loss, mismatch, value
 
     return [
+        ("mismatch.mismatch_correction", mismatch.mismatch_correction, mismatch.MISMATCH_TENSOR_ARGS),
         ("kl.kl_penalty", kl.kl_penalty, kl.KL_TENSOR_ARGS),
         ("kl.kl_loss", kl.kl_loss, kl.KL_TENSOR_ARGS),
         ("kl.fold_kl_into_rewards", kl.fold_kl_into_rewards, kl.FOLD_KL_TENSOR_ARGS),
@@ -181,7 +182,40 @@ def _check_ranges(cfg: AlgorithmConfig) -> None:
             )
         _at_least(cfg, "loss_norm_length", 0, strict=True)
     _between(cfg, "cppo_pruning_rate", 0.0, 1.0, high_open=True)
+    _check_mismatch(cfg)
     check_sampler_settings(cfg.sampler, cfg.sampler_momentum, cfg.curriculum_start, cfg.curriculum_steps)
+
+
+def _check_mismatch(cfg: AlgorithmConfig) -> None:
+    from rlvr.algorithms.mismatch import WEIGHTABLE_LOSSES, check_mismatch_settings, mismatch_enabled
+
+    for name in ("mismatch_is", "mismatch_mask"):
+        _choice(cfg, name, ("none", "token", "sequence", "geometric"), "mismatch correction level")
+    check_mismatch_settings(
+        cfg.mismatch_is,
+        cfg.mismatch_is_cap,
+        cfg.mismatch_mask,
+        cfg.mismatch_mask_low,
+        cfg.mismatch_mask_high,
+        cfg.mismatch_opsm_delta,
+    )
+    if mismatch_enabled(cfg.mismatch_is, cfg.mismatch_mask, cfg.mismatch_opsm_delta) and (
+        cfg.policy_loss not in WEIGHTABLE_LOSSES
+    ):
+        key = next(
+            k
+            for k, on in (
+                ("mismatch_is", cfg.mismatch_is != "none"),
+                ("mismatch_mask", cfg.mismatch_mask != "none"),
+                ("mismatch_opsm_delta", True),
+            )
+            if on
+        )
+        raise ConfigError(
+            f"algorithm.{key}: the rollout/trainer mismatch corrections weight each token's advantage, "
+            f"which weights the loss only for {', '.join(sorted(WEIGHTABLE_LOSSES))}; "
+            f"algorithm.policy_loss '{cfg.policy_loss}' is not one of them"
+        )
 
 
 def _choice(cfg: AlgorithmConfig, name: str, valid: Iterable[str], what: str) -> None:

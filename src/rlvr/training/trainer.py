@@ -30,6 +30,7 @@ from rlvr.algorithms.config import hyperparameters_for
 from rlvr.algorithms.distill import distillation_advantages, distillation_metrics, teacher_log_ratio
 from rlvr.algorithms.filters import apply_filters, filter_stages, sequence_advantages
 from rlvr.algorithms.kl import fold_kl_into_rewards, kl_penalty
+from rlvr.algorithms.mismatch import mismatch_enabled, needs_trainer_logprobs
 from rlvr.algorithms.samplers import PromptSampler, difficulties_from_problems
 from rlvr.algorithms.validation import needs_critic, needs_reference_model
 from rlvr.config import Config, CriticConfig, to_dict
@@ -308,6 +309,8 @@ class Trainer:
         c, alg = self.config, self.config.algorithm
         metrics: dict[str, float] = {}
         if self._needs_recompute():
+            if mismatch_enabled(alg.mismatch_is, alg.mismatch_mask, alg.mismatch_opsm_delta):
+                batch.extra["rollout_logprobs"] = batch.old_logprobs  # the sampler's, for the correction
             batch.old_logprobs = compute_logprobs(
                 self.model,
                 batch,
@@ -487,6 +490,9 @@ class Trainer:
         differ enough to bias the ratio, so they are recomputed there.
         """
         half = self.update_settings.autocast_dtype is not None
+        alg = self.config.algorithm
+        if needs_trainer_logprobs(alg.mismatch_is, alg.mismatch_mask):
+            return True  # the mismatch corrections compare the rollout's logprobs with these
         if self.teacher is not None and self.ahead is None:
             return True  # the same forward as the teacher's: equal weights give r_t = 0 exactly
         return half or next(self.model.parameters()).dtype != torch.float32

@@ -25,6 +25,7 @@ from rlvr.algorithms.entropy import entropy_from_logits, entropy_loss, token_log
 from rlvr.algorithms.kl import kl_loss
 from rlvr.algorithms.lm_loss import positive_lm_loss
 from rlvr.algorithms.losses import POLICY_LOSS_TENSOR_ARGS, POLICY_LOSSES
+from rlvr.algorithms.mismatch import MISMATCH_TENSOR_ARGS, mismatch_correction, mismatch_enabled
 from rlvr.distributed import all_reduce_max, all_reduce_sum, gather_objects, world_size
 from rlvr.training.batch import (
     MicroBatch,
@@ -207,6 +208,13 @@ def policy_update(
     loss_fn = POLICY_LOSSES.get(algorithm.policy_loss)
     loss_hp = hyperparameters_for(loss_fn, algorithm, POLICY_LOSS_TENSOR_ARGS)
     use_kl_loss = algorithm.kl_coef > 0 and algorithm.kl_placement == "loss"
+    # Rollout/trainer mismatch: token weights on the advantages (rlvr.algorithms.mismatch). The
+    # rollout's logprobs are kept in extra when the trainer recomputed old_logprobs.
+    correct_mismatch = mismatch_enabled(
+        algorithm.mismatch_is, algorithm.mismatch_mask, algorithm.mismatch_opsm_delta
+    )
+    mismatch_hp = hyperparameters_for(mismatch_correction, algorithm, MISMATCH_TENSOR_ARGS)
+    rollout_logprobs = batch.extra.get("rollout_logprobs", batch.old_logprobs)
     params = [p for p in model.parameters() if p.requires_grad]
     metrics = WeightedMetrics()
     grad_norms: list[float] = []
@@ -274,10 +282,21 @@ def policy_update(
             mask = batch.response_mask[mb.rows, :t]
             logits = response_logits(model, mb, settings.autocast_dtype)
             logprobs = token_logprobs(logits, response_targets(mb), temperature=settings.temperature)
+            advantages, mismatch_metrics = batch.extra["advantages"][mb.rows, :t], {}
+            if correct_mismatch:
+                fix = mismatch_correction(
+                    old_logprobs=batch.old_logprobs[mb.rows, :t],
+                    rollout_logprobs=rollout_logprobs[mb.rows, :t],
+                    logprobs=logprobs,
+                    advantages=advantages,
+                    mask=mask,
+                    **mismatch_hp,
+                )
+                advantages, mismatch_metrics = fix.advantages, fix.metrics
             out = loss_fn(
                 logprobs=logprobs,
                 old_logprobs=batch.old_logprobs[mb.rows, :t],
-                advantages=batch.extra["advantages"][mb.rows, :t],
+                advantages=advantages,
                 mask=mask,
                 num_tokens=num_tokens,
                 num_sequences=num_sequences,
@@ -286,7 +305,7 @@ def policy_update(
                 **loss_hp,
                 **({"token_selection": selection[mb.rows, :t]} if select_tokens is not None else {}),
             )
-            loss, step_metrics = out.loss, dict(out.metrics)
+            loss, step_metrics = out.loss, {**out.metrics, **mismatch_metrics}
             policy_loss_sum += float(out.loss.detach())  # micro-batch losses are parts of one sum
             if use_kl_loss:
                 kl = kl_loss(
