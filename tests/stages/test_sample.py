@@ -316,3 +316,43 @@ def test_the_command_line_writes_pairs(task_yaml, tmp_path, capsys):
     assert "rows kept" in capsys.readouterr().out
     assert main(["sample", "toy", "select=nope", "--output", str(out)]) == 2
     assert "'select'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_uninterrupted_samples(task_yaml, tmp_path):
+    """A real ``rlvr sample`` process killed with SIGKILL after its first batch, then run again, writes
+    what an uninterrupted run writes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out: Path) -> list[str]:
+        items = {**settings(task_yaml, out), "problems_per_batch": 1}
+        return [
+            sys.executable,
+            "-m",
+            "rlvr",
+            "sample",
+            "toy",
+            *(f"{k}={v}" for k, v in items.items() if k != "model"),
+        ]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out, part = tmp_path / "whole", tmp_path / "part"
+    subprocess.run(command(out), env=env, check=True, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(part), env=env, stdout=subprocess.DEVNULL)
+    store = part / "samples" / "arithmetic.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if store.is_file() and store.read_text().count("\n") >= 8:  # one problem's 8 samples written
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (part / "summary.json").exists()
+    subprocess.run(command(part), env=env, check=True, stdout=subprocess.DEVNULL)
+    assert store.read_text() == (out / "samples" / "arithmetic.jsonl").read_text()
+    assert (part / "sft.jsonl").read_text() == (out / "sft.jsonl").read_text()
