@@ -289,11 +289,12 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_ranks_give_the_update_of_one(data, tmp_path):
-    """The same global steps on 1 process and on 2 torchrun ranks (ddp): the same metrics and weights."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_ranks_give_the_update_of_one(data, tmp_path, strategy):
+    """The same global steps on 1 process and on 2 torchrun ranks: the same metrics and weights."""
     from safetensors.torch import load_file
 
-    common = ("training.steps=3", "checkpoint.every=0", "parallel.strategy=ddp", "optim.lr=1e-4")
+    common = ("training.steps=3", "checkpoint.every=0", f"parallel.strategy={strategy}", "optim.lr=1e-4")
     one, two = tmp_path / "one", tmp_path / "two"
     for out, prefix in (
         (one, []),
