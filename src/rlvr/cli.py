@@ -52,9 +52,11 @@ def _train(args: argparse.Namespace) -> int:
     task = build_task(config)
     from rlvr.training.trainer import train
 
+    finished = False
     try:
         result = train(config, task=task, **run_dir_flags)
         speaks = rank() == 0
+        finished = True
     except RuntimeError as err:
         if not _lost_a_rank(err):
             raise
@@ -65,7 +67,7 @@ def _train(args: argparse.Namespace) -> int:
             "restarts and resumes from the last checkpoint."
         ) from None
     finally:
-        shutdown()
+        shutdown(synchronize=finished)
     if not speaks:  # one summary, from rank 0
         return 0
     before = result.eval_before.get("eval/accuracy")
@@ -269,10 +271,12 @@ def _sft(args: argparse.Namespace) -> int:
     check_run_dir(config.logging.output_dir, to_dict(config), **flags)
     from rlvr.stages.sft import train_sft
 
+    finished = False
     try:
         result = train_sft(config, **flags)
+        finished = True
     finally:
-        shutdown()
+        shutdown(synchronize=finished)
     if rank() != 0:
         return 0
     if result.interrupted:
@@ -305,10 +309,12 @@ def _dpo(args: argparse.Namespace) -> int:
     check_run_dir(config.logging.output_dir, to_dict(config), **flags)
     from rlvr.stages.dpo import train_dpo
 
+    finished = False
     try:
         result = train_dpo(config, **flags)
+        finished = True
     finally:
-        shutdown()
+        shutdown(synchronize=finished)
     if rank() != 0:
         return 0
     if result.interrupted:
@@ -390,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="evaluate a model, a run's checkpoints, or a file of completions",
         description="Evaluate MODEL_OR_RUN_DIR (a model directory, hub name, 'toy', or an rlvr train run "
-        "directory) on benchmarks: pass@k, maj@k, avg@n. A YAML file and key=value items set any of the "
+        "directory) on benchmarks: pass@k, maj@k, avg@n. With an environment (env.name=calculator, or a run "
+        "trained with one), n multi-turn trajectories per problem are scored by its verdict: pass@k, avg@n, "
+        "turns, tool calls, truncations, environment errors. A YAML file and key=value items set any of the "
         "settings below; flags win over both. Settings, with defaults and meanings:",
         epilog=_eval_settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -76,8 +76,13 @@ def init_from_environment(*, timeout_s: float, use_cuda: bool) -> bool:
     return True
 
 
-def shutdown() -> None:
+def shutdown(synchronize: bool = False) -> None:
+    """Leave the process group. With ``synchronize`` (a run that ended normally) every rank first waits
+    for the others: a rank that tears its group down while another still works (rank 0 writing the
+    final model) can abort at exit. After an error there is no waiting: another rank may be dead."""
     if is_distributed():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -411,10 +411,12 @@ def _run_training(train_fn: Callable[..., Any], config: Any, out: Path, log: Any
     from rlvr.distributed import shutdown
     from rlvr.training.run_dir import holds_a_run
 
+    finished = False
     try:
         result = train_fn(config, resume=holds_a_run(out), overwrite=False, log=log)
+        finished = True
     finally:
-        shutdown()
+        shutdown(synchronize=finished)
     if result.interrupted:
         raise Interrupted
 
