@@ -10,8 +10,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rlvr.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, check_ranges
+from rlvr.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, TaskConfig, check_ranges
 from rlvr.errors import ConfigError
+
+
+@dataclass
+class EvalEnvConfig:
+    """The ``env`` section of ``rlvr eval``: the training config's ``env`` section, field by field.
+
+    A field left unset (None) keeps the value of the training config (the run directory's or
+    ``train_config``'s) when that names the same environment, else the training default.
+    """
+
+    name: str | None = None
+    """Evaluate multi-turn trajectories in this environment (tool_math | calculator | guess_number |
+    task, or 'module:Class'); 'none' evaluates single-turn even a run trained with one; None: the
+    training config's environment, if any. Every env.* setting left unset takes the training
+    config's value for the same environment, else the training default."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Keyword parameters of the environment (added to the training config's for the same one)."""
+    format: Literal["auto", "chat", "plain"] | None = None
+    """How turns become tokens (auto | chat | plain; see docs/agents.md)."""
+    max_turns: int | None = None
+    """Policy turns per trajectory."""
+    max_turn_tokens: int | None = None
+    """Tokens the policy may sample in one turn (unset everywhere: max_new_tokens)."""
+    max_context_tokens: int | None = None
+    """Prompt + sampled + observation tokens of one trajectory."""
+    max_observation_tokens: int | None = None
+    """Longest observation appended, in tokens (a longer one is cut)."""
+    workers: int | None = None
+    """Environment steps run at once (in threads)."""
+    step_timeout_s: float | None = None
+    """An environment that takes longer to answer one step ends its trajectory with an error."""
 
 
 @dataclass
@@ -26,6 +57,12 @@ class EvalRunConfig:
     train_config: str | None = None
     """The training config (YAML) or run directory whose task the 'task' benchmark takes (None: the
     run directory being evaluated); evaluates a base model on a training task."""
+    task: TaskConfig | None = None
+    """The task the 'task' benchmark takes, as a training config's task section (task.name=countdown);
+    None: train_config's or the run directory's."""
+    env: EvalEnvConfig = field(default_factory=EvalEnvConfig)
+    """Multi-turn evaluation: n trajectories per problem in an environment, scored by its verdict
+    (docs/evaluation.md); by default the training config's env section, if it has one."""
     num_problems: int | None = None
     """Evaluate the first N problems of each benchmark (None: all)."""
     n: int = 1
@@ -106,9 +143,35 @@ EVAL_SETTING_RANGES = {
 }
 """The range of every numeric setting of ``rlvr eval`` (None passes where a setting allows it)."""
 
+EVAL_ENV_RANGES = {
+    "env.max_turns": AT_LEAST_1,
+    "env.max_turn_tokens": AT_LEAST_1,
+    "env.max_context_tokens": AT_LEAST_1,
+    "env.max_observation_tokens": AT_LEAST_1,
+    "env.workers": AT_LEAST_1,
+    "env.step_timeout_s": POSITIVE,
+}
+"""The range of every numeric setting of the ``env`` section of ``rlvr eval`` (None: unset)."""
+
+
+def validate_eval_env(c: EvalRunConfig) -> None:
+    """The ``env`` section: numbers in range, a known format, an environment that resolves."""
+    check_ranges(c, EVAL_ENV_RANGES)
+    e = c.env
+    if e.format is not None and e.format not in ("auto", "chat", "plain"):
+        raise ConfigError(f"setting 'env.format' must be auto, chat or plain, got {e.format!r}")
+    if e.name is None or e.name == "none":
+        return
+    if c.completions is not None:
+        raise ConfigError("setting 'env.name': re-scoring --completions is single-turn; leave env unset")
+    from rlvr.envs.base import resolve_env
+
+    resolve_env(e.name)  # an unknown name is an error naming env.name and the nearest valid one
+
 
 def validate_eval_config(c: EvalRunConfig) -> None:
     check_ranges(c, EVAL_SETTING_RANGES)
+    validate_eval_env(c)
     if c.extraction not in ("answer", "last_number"):
         raise ConfigError(f"setting 'extraction' must be answer or last_number, got {c.extraction!r}")
     if c.extraction != "answer" and c.completions is None:

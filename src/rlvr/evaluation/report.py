@@ -8,11 +8,16 @@ from typing import Any
 
 from rlvr.evaluation.estimators import k_values
 
+TRAJECTORY_COLUMNS = ["turns_mean", "tool_calls_mean", "truncation_rate", "error_rate"]
+"""The columns after pass@k for an evaluation of environments (trajectories have no maj@k)."""
 
-def _columns(n: int) -> list[str]:
+
+def _columns(n: int, trajectories: bool = False) -> list[str]:
     ks = k_values(n)
-    cols = [f"avg@{n}"] + [f"pass@{k}" for k in ks if k > 1] + ([f"maj@{n}"] if n > 1 else [])
-    return cols + ["length_mean", "format_rate", "truncation_rate"]
+    cols = [f"avg@{n}"] + [f"pass@{k}" for k in ks if k > 1]
+    if trajectories:
+        return cols + TRAJECTORY_COLUMNS
+    return cols + ([f"maj@{n}"] if n > 1 else []) + ["length_mean", "format_rate", "truncation_rate"]
 
 
 def _cell(key: str, value: Any) -> str:
@@ -20,6 +25,8 @@ def _cell(key: str, value: Any) -> str:
         return "-"
     if isinstance(value, float) and key.startswith("length"):
         return f"{value:.0f}"
+    if isinstance(value, float) and key.endswith("_mean"):  # turns, tool calls: counts per trajectory
+        return f"{value:.2f}"
     if isinstance(value, float):
         return f"{100 * value:.1f}"
     return str(value)
@@ -28,7 +35,7 @@ def _cell(key: str, value: Any) -> str:
 def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one per benchmark and the macro average; rates in percent."""
     n = results["settings"]["samples_per_problem"]
-    cols = _columns(n)
+    cols = _columns(n, trajectories=results["settings"].get("env") is not None)
     header = ["benchmark", "problems", *cols]
     rows = []
     for name, r in results["benchmarks"].items():
@@ -59,6 +66,9 @@ def markdown_report(results: dict[str, Any]) -> str:
         how = (
             f"{s['samples_per_problem']} completion(s) per problem read from the file; lengths in characters."
         )
+    elif s.get("env") is not None:
+        title = f"# Evaluation of {s['model']} in environment {s['env']['name']}"
+        how = trajectory_settings_line(s)
     else:
         title = f"# Evaluation of {s['model']}"
         how = (
@@ -85,6 +95,9 @@ def markdown_report(results: dict[str, Any]) -> str:
             lines.append("|" + "|".join("---" for _ in range(len(cols) + 1)) + "|")
             for value, metrics in table.items():
                 lines.append(f"| {value} | " + " | ".join(_cell(c, metrics[c]) for c in cols) + " |")
+        if s.get("env") is not None:
+            lines += ["", trajectory_summary_line(name, r)]
+            continue
         unit = s.get("length_unit", "tokens")
         lines += [
             "",
@@ -92,6 +105,33 @@ def markdown_report(results: dict[str, Any]) -> str:
             f"correct, {_cell('length', r['length_wrong'])} wrong); no answer in {100 * r['no_answer_rate']:.1f}% of samples.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def trajectory_settings_line(s: dict[str, Any]) -> str:
+    """How an evaluation of environments played its trajectories, in a sentence."""
+    n = s["samples_per_problem"]
+    return (
+        f"{n} {'trajectory' if n == 1 else 'trajectories'} per problem, temperature {s['temperature']}, "
+        f"top-p {s['top_p']}, at most {s['env']['max_turns']} turns, seed {s['seed']}; a trajectory is "
+        "correct when the environment's verdict says so, and one whose environment failed counts as wrong."
+    )
+
+
+def trajectory_summary_line(name: str, r: dict[str, Any]) -> str:
+    """One set's trajectory behaviour in a sentence: means per trajectory, truncations, errors."""
+    cut = ", ".join(
+        f"{key[len('truncated_') :]} {_cell(key, v)}%"
+        for key, v in r.items()
+        if key.startswith("truncated_") and v is not None
+    )
+    return (
+        f"{name}: per trajectory {_cell('turns_mean', r['turns_mean'])} turns, "
+        f"{_cell('tool_calls_mean', r['tool_calls_mean'])} tool calls "
+        f"({_cell('tool_errors_mean', r['tool_errors_mean'])} tool errors, "
+        f"{_cell('timeouts_mean', r['timeouts_mean'])} timeouts), {_cell('length', r['length_mean'])} sampled tokens; "
+        f"truncated: {cut or '-'}; environment errors: {r['errors']} "
+        f"({_cell('error_rate', r['error_rate'])}% of trajectories, counted wrong)."
+    )
 
 
 def plot_pass_at_k(results: dict[str, Any], path: Path) -> Path | None:

@@ -2,13 +2,17 @@
 
 For each model: load it, build the benchmark sets, generate (resuming from the samples already
 written), score, summarise, and write ``results.json``, ``report.md``, ``pass_at_k.png`` and
-``samples/<benchmark>.jsonl`` into the output directory; print the table.
+``samples/<benchmark>.jsonl`` into the output directory; print the table. With an ``env`` section
+(the eval config's or the training config's), each problem is played as multi-turn trajectories in
+the environment instead (:mod:`rlvr.evaluation.trajectories`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,12 @@ from rlvr.evaluation.generation import GenerationSettings, SampleStore, batches,
 from rlvr.evaluation.report import format_table, write_outputs
 from rlvr.evaluation.sets import EvalSet, FileFields, resolve_set, with_template
 from rlvr.evaluation.summary import macro_average, summarize
+from rlvr.evaluation.trajectories import (
+    env_runner,
+    resolve_env_section,
+    summarize_trajectories,
+    trajectory_records,
+)
 
 SETTINGS_FILE = "eval_settings.json"
 
@@ -136,13 +146,20 @@ def training_config(config: EvalRunConfig, run_dir: Path | None) -> Any:
 
 
 def training_task(config: EvalRunConfig, run_dir: Path | None) -> Any:
-    """The training task 'task' evaluates (``train_config``'s, else the run's), or None."""
-    train = training_config(config, run_dir)
-    if train is None:
-        return None
+    """The training task 'task' evaluates (the ``task`` section's, else ``train_config``'s, else the
+    run's), or None."""
+    return task_of(config, training_config(config, run_dir))
+
+
+def task_of(config: EvalRunConfig, train: Any) -> Any:
+    """The task of the eval config's ``task`` section, else of the training config ``train``, or None."""
     from rlvr.training.setup import build_task
 
-    return build_task(train)
+    if config.task is not None:
+        from rlvr.config import Config
+
+        return build_task(Config(task=config.task))
+    return build_task(train) if train is not None else None
 
 
 def default_template(config: EvalRunConfig, tokenizer: Any, task: Any) -> str:
@@ -186,13 +203,18 @@ def output_dir_for(config: EvalRunConfig, target: Target, several: bool) -> Path
     return Path("runs") / "eval" / target.label
 
 
-def settings_record(config: EvalRunConfig, target: Target, sets: list[EvalSet]) -> dict[str, Any]:
-    """What the samples already on disk must have been generated with, to be reused."""
+def settings_record(
+    config: EvalRunConfig, target: Target, sets: list[EvalSet], env: Any = None
+) -> dict[str, Any]:
+    """What the samples already on disk must have been generated with, to be reused (``env``: the
+    env section trajectories are played with, None for single-turn)."""
     return {
         "model": target.model_path,
         "benchmarks": {s.name: len(s.problems) for s in sets},
         "rows_left_out": {s.name: len(s.skipped) for s in sets if s.skipped},
         "train_config": config.train_config,
+        "task": dataclasses.asdict(config.task) if config.task is not None else None,
+        "env": dataclasses.asdict(env) if env is not None else None,
         "template": config.template,
         "templates": {s.name: s.template for s in sets},
         "samples_per_problem": config.samples_per_problem,
@@ -232,12 +254,61 @@ def _progress(log: Any, name: str, done: int, total: int, started: float, resume
     log(f"[{name}] {done}/{total} problems  {rate:.2f} problems/s  eta {eta:.0f}s")
 
 
+def generation_settings(config: EvalRunConfig) -> GenerationSettings:
+    """How ``config`` samples: n, temperature, top-p, top-k and the token budgets."""
+    return GenerationSettings(
+        config.samples_per_problem,
+        config.temperature,
+        config.top_p,
+        config.top_k,
+        config.max_new_tokens,
+        config.max_prompt_tokens,
+        prompt_limit_setting="max_prompt_tokens",
+    )
+
+
 def evaluate_set(
     engine: Any, tokenizer: Any, eval_set: EvalSet, config: EvalRunConfig, out: Path, log: Any
 ) -> list[dict[str, Any]]:
     """Every record of ``eval_set``, generating only the batches not already in its samples file."""
     from rlvr.rewards.composite import CompositeReward
 
+    settings = generation_settings(config)
+    reward = CompositeReward(eval_set.rewards)
+
+    def generate(problems: range) -> list[dict[str, Any]]:
+        seed = config.seed + problems.start
+        return generate_records(engine, tokenizer, eval_set, reward, problems, settings, seed=seed)
+
+    return evaluate_batches(eval_set, config, out, log, generate)
+
+
+def evaluate_env_set(
+    engine: Any, runner: Any, eval_set: EvalSet, config: EvalRunConfig, out: Path, log: Any
+) -> list[dict[str, Any]]:
+    """Every trajectory record of ``eval_set`` played by ``runner``, resuming like :func:`evaluate_set`.
+
+    The environment's stop strings end the turns (the set's own are a single-turn template's).
+    """
+    settings = generation_settings(config)
+
+    def play(problems: range) -> list[dict[str, Any]]:
+        sampling = settings.sampling((), seed=config.seed + problems.start)
+        trajectories = runner.run(engine, [eval_set.problems[i] for i in problems], sampling)
+        return trajectory_records(eval_set, problems, trajectories, sampling.n, engine.tokenizer)
+
+    return evaluate_batches(eval_set, config, out, log, play)
+
+
+def evaluate_batches(
+    eval_set: EvalSet,
+    config: EvalRunConfig,
+    out: Path,
+    log: Any,
+    generate: Callable[[range], list[dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """Every record of ``eval_set``: the complete batches of its samples file, then ``generate`` (the
+    records of a range of problems) for each batch not yet there, appended as it comes."""
     n = config.samples_per_problem
     store = SampleStore(
         out / "samples" / f"{eval_set.name}.jsonl",
@@ -246,16 +317,6 @@ def evaluate_set(
         batch_size=config.problems_per_batch,
     )
     done = store.load()
-    settings = GenerationSettings(
-        n,
-        config.temperature,
-        config.top_p,
-        config.top_k,
-        config.max_new_tokens,
-        config.max_prompt_tokens,
-        prompt_limit_setting="max_prompt_tokens",
-    )
-    reward = CompositeReward(eval_set.rewards)
     total = len(eval_set.problems)
     resumed = sum(len(rs) for rs in done.values()) // n
     if resumed:
@@ -265,9 +326,7 @@ def evaluate_set(
     for number, problems in enumerate(batches(total, config.problems_per_batch)):
         if number in done:
             continue
-        records = generate_records(
-            engine, tokenizer, eval_set, reward, problems, settings, seed=config.seed + problems.start
-        )
+        records = generate(problems)
         store.append(records)
         done[number] = records
         finished += len(problems)
@@ -278,46 +337,68 @@ def evaluate_set(
 def results_document(
     settings: dict[str, Any], sets: list[EvalSet], records: dict[str, list[dict[str, Any]]], timeout_s: float
 ) -> dict[str, Any]:
-    benchmarks = {
-        s.name: summarize(
-            records[s.name], equivalence=s.equivalence, breakdown=s.breakdown, timeout_s=timeout_s
-        )
-        for s in sets
-    }
+    """The settings, every set's metrics and their macro average (trajectory metrics when the
+    settings name an environment)."""
+    if settings.get("env") is not None:
+        benchmarks = {s.name: summarize_trajectories(records[s.name], breakdown=s.breakdown) for s in sets}
+    else:
+        benchmarks = {
+            s.name: summarize(
+                records[s.name], equivalence=s.equivalence, breakdown=s.breakdown, timeout_s=timeout_s
+            )
+            for s in sets
+        }
     return {"settings": settings, "benchmarks": benchmarks, "macro": macro_average(benchmarks)}
 
 
-def evaluate_target(config: EvalRunConfig, target: Target, out: Path, log: Any = print) -> dict[str, Any]:
-    """Evaluate one model into ``out``; returns the results document."""
-    from rlvr.rollout.hf_engine import HFEngine
-    from rlvr.training.model import resolve_device
+def prepare_sets(config: EvalRunConfig, target: Target) -> tuple[list[EvalSet], Any]:
+    """The sets to evaluate ``target`` on, with their templates, and the env section trajectories are
+    played with (None: single-turn), all read and checked before any weights load."""
     from rlvr.training.setup import tokenize_prompts
 
-    device = resolve_device(config.device)
-    task = training_task(config, target.run_dir)  # the data first: a bad row stops here, before any model
+    train = training_config(config, target.run_dir)
+    task = task_of(config, train)  # the data first: a bad row stops here, before any model
+    env = resolve_env_section(config.env, train.env if train is not None else None)
     known = config.template or (task.template if task is not None else None)
     sets = build_sets(config, known or "r1_zero", task)
     tokenizer = load_eval_tokenizer(target.model_path)
     if known is None:  # the model's default template, which its tokenizer decides
         template = default_template(config, tokenizer, task)
         sets = [with_template(s, template) for s in sets]
-    for s in sets:  # every prompt within max_prompt_tokens, before the weights load
-        tokenize_prompts(s.problems, s.template, tokenizer, config.max_prompt_tokens, "max_prompt_tokens")
-    model, tokenizer = load_eval_model(target.model_path, device, config.dtype)
-    settings = settings_record(config, target, sets)
+    if env is None:  # every prompt within max_prompt_tokens (an environment writes its own prompts)
+        for s in sets:
+            tokenize_prompts(s.problems, s.template, tokenizer, config.max_prompt_tokens, "max_prompt_tokens")
+    return sets, env
+
+
+def evaluate_target(config: EvalRunConfig, target: Target, out: Path, log: Any = print) -> dict[str, Any]:
+    """Evaluate one model into ``out``; returns the results document."""
+    from rlvr.rollout.hf_engine import HFEngine
+    from rlvr.training.model import resolve_device
+
+    sets, env = prepare_sets(config, target)
+    # the environment's parameters checked before the weights load (the environments make the prompts)
+    runners = {s.name: env_runner(env, s, config.max_new_tokens) for s in sets} if env is not None else {}
+    model, tokenizer = load_eval_model(target.model_path, resolve_device(config.device), config.dtype)
+    settings = settings_record(config, target, sets, env)
     check_output_dir(out, settings, config.overwrite)
     engine = HFEngine(model, tokenizer, max_batch_sequences=config.max_batch_sequences)
     for s in sets:
         if s.skipped:
             log(f"[{s.name}] {len(s.skipped)} bad row(s) left out; first: {s.skipped[0]}")
+    plays = "trajectory" if config.samples_per_problem == 1 else "trajectories"
+    unit = f"{plays} in environment {env.name}" if env is not None else "sample(s)"
     log(
         f"evaluating {target.model_path} on {', '.join(f'{s.name} ({len(s.problems)})' for s in sets)}: "
-        f"{config.samples_per_problem} sample(s) per problem, temperature {config.temperature}, into {out}"
+        f"{config.samples_per_problem} {unit} per problem, temperature {config.temperature}, into {out}"
     )
     records = {}
     with torch.no_grad():
         for s in sets:
-            records[s.name] = evaluate_set(engine, tokenizer, s, config, out, log)
+            if env is not None:
+                records[s.name] = evaluate_env_set(engine, runners[s.name], s, config, out, log)
+            else:
+                records[s.name] = evaluate_set(engine, tokenizer, s, config, out, log)
     results = results_document({**settings, "label": target.label}, sets, records, config.timeout_s)
     write_outputs(results, out)
     return results

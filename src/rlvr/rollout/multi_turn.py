@@ -389,6 +389,32 @@ class MultiTurnRunner:
                 close()
 
 
+def runner_from_env_config(env: Any, task: Any, *, default_turn_tokens: int) -> MultiTurnRunner:
+    """The runner an ``env`` config section (:class:`rlvr.config.EnvConfig`) describes.
+
+    Its environments are ``env.name`` made with ``env.params`` (and ``task`` for a constructor that
+    takes one; :func:`rlvr.envs.base.env_factory` checks the parameters now); its budgets are the
+    section's, ``max_turn_tokens`` None taking ``default_turn_tokens`` (the run's generation budget).
+    """
+    from rlvr.envs.base import env_factory
+
+    assert env.name is not None, "the env section names no environment"
+    limits = TurnLimits(
+        max_turns=env.max_turns,
+        max_turn_tokens=env.max_turn_tokens or default_turn_tokens,
+        max_context_tokens=env.max_context_tokens,
+        max_observation_tokens=env.max_observation_tokens,
+    )
+    return MultiTurnRunner(
+        env_factory(env.name, env.params, task=task),
+        limits,
+        format=env.format,
+        workers=env.workers,
+        step_timeout_s=env.step_timeout_s,
+        env_name=env.name,
+    )
+
+
 def _failed(prompt_index: int, error: str) -> Trajectory:
     return Trajectory(prompt_index, [], [], [], "", "length", mask=[], error=error)
 

@@ -47,25 +47,9 @@ def build_task(config: Config) -> Task:
 
 def build_runner(config: Config, task: Task) -> Any:
     """The multi-turn runner the ``env`` section describes (environments of ``task``'s problems)."""
-    from rlvr.envs.base import env_factory
-    from rlvr.rollout.multi_turn import MultiTurnRunner, TurnLimits
+    from rlvr.rollout.multi_turn import runner_from_env_config
 
-    e = config.env
-    assert e.name is not None
-    limits = TurnLimits(
-        max_turns=e.max_turns,
-        max_turn_tokens=e.max_turn_tokens or config.rollout.max_new_tokens,
-        max_context_tokens=e.max_context_tokens,
-        max_observation_tokens=e.max_observation_tokens,
-    )
-    return MultiTurnRunner(
-        env_factory(e.name, e.params, task=task),
-        limits,
-        format=e.format,
-        workers=e.workers,
-        step_timeout_s=e.step_timeout_s,
-        env_name=e.name,
-    )
+    return runner_from_env_config(config.env, task, default_turn_tokens=config.rollout.max_new_tokens)
 
 
 def turn_reward_tensor(trajectories: Any, shape: tuple[int, ...]) -> torch.Tensor:
