@@ -120,6 +120,22 @@ def test_every_numeric_setting_has_its_range_checked_at_load(key):
         ),
         (["preset=rloo", "rollout.samples_per_prompt=1"], r"samples_per_prompt.*'rloo'"),
         (["preset=dapo", "rollout.samples_per_prompt=1"], r"rollout\.samples_per_prompt"),
+        (
+            ["algorithm.advantage=pkpo", "algorithm.passk_k=8", "rollout.samples_per_prompt=4"],
+            r"'algorithm\.passk_k' is 8: algorithm\.advantage 'pkpo'.*samples_per_prompt = 4",
+        ),
+        (
+            ["algorithm.replay_sampling_support=true"],
+            r"'algorithm\.replay_sampling_support' is on but rollout\.top_p is 1 and rollout\.top_k is 0",
+        ),
+        (
+            ["algorithm.replay_sampling_support=true", "rollout.top_p=0.9", "rollout.temperature=0"],
+            r"'algorithm\.replay_sampling_support' needs sampling",
+        ),
+        (
+            ["algorithm.replay_sampling_support=true", "rollout.top_k=20", "env.name=guess_number"],
+            r"'algorithm\.replay_sampling_support' is not supported with multi-turn environments",
+        ),
         (["checkpoint.keep_last=0"], r"setting 'checkpoint\.keep_last' must be >= 1, got 0"),
         (["checkpoint.every=-1"], r"setting 'checkpoint\.every' must be >= 0, got -1"),
         (["algorithm.eps_low=1.5"], r"algorithm\.eps_low must be in \[0\.0, 1\.0\], got 1\.5"),
@@ -134,6 +150,12 @@ def test_every_numeric_setting_has_its_range_checked_at_load(key):
 def test_settings_that_cannot_work_are_refused_at_load(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_replaying_the_sampling_support_loads_with_a_truncation():
+    config = load_config(None, ["algorithm.replay_sampling_support=true", "rollout.top_p=0.9"])
+    assert config.algorithm.replay_sampling_support and config.rollout.top_p == 0.9
+    assert not load_config(None, []).algorithm.replay_sampling_support  # off by default
 
 
 def test_one_sample_per_prompt_is_fine_without_a_group_baseline():

@@ -563,6 +563,14 @@ def validate_config(config: Config) -> None:
             f"'{config.algorithm.advantage}' compares the completions of a prompt with each other, so one "
             "completion per prompt has zero advantage and trains nothing; sample 2 or more (R1 uses 16)"
         )
+    if config.algorithm.replay_sampling_support:
+        _validate_replay_sampling_support(config)
+    if config.algorithm.advantage == "pkpo" and config.algorithm.passk_k > r.samples_per_prompt:
+        raise ConfigError(
+            f"setting 'algorithm.passk_k' is {config.algorithm.passk_k}: algorithm.advantage 'pkpo' estimates "
+            f"pass@k from the k-subsets of each group of rollout.samples_per_prompt = {r.samples_per_prompt} "
+            "completions, so k must not exceed it"
+        )
     if r.samples_per_prompt < 2 and "dynamic_sampling" in config.algorithm.filters:
         raise ConfigError(
             "setting 'rollout.samples_per_prompt' is 1: algorithm.filters 'dynamic_sampling' drops every "
@@ -604,6 +612,28 @@ def validate_config(config: Config) -> None:
         raise ConfigError(
             f"setting 'parallel.mixed_precision' ({config.parallel.mixed_precision}) keeps float32 shards and "
             f"computes in bfloat16; model.dtype must be auto or float32, got {config.model.dtype}"
+        )
+
+
+def _validate_replay_sampling_support(config: Config) -> None:
+    """algorithm.replay_sampling_support needs a truncation to replay, sampling rather than greedy
+    decoding, and the single-turn engine (the one that records truncated logprobs)."""
+    r = config.rollout
+    if r.top_p == 1.0 and r.top_k == 0:
+        raise ConfigError(
+            "setting 'algorithm.replay_sampling_support' is on but rollout.top_p is 1 and rollout.top_k is 0: "
+            "the rollout samples from the whole distribution, so there is no truncation to replay; set "
+            "rollout.top_p < 1 or rollout.top_k > 0, or turn it off"
+        )
+    if r.temperature == 0:
+        raise ConfigError(
+            "setting 'algorithm.replay_sampling_support' needs sampling (rollout.temperature > 0); greedy "
+            "decoding has no sampling distribution to replay"
+        )
+    if config.env.name is not None:
+        raise ConfigError(
+            "setting 'algorithm.replay_sampling_support' is not supported with multi-turn environments "
+            f"(env.name = {config.env.name!r}): their rollouts record untruncated logprobs"
         )
 
 

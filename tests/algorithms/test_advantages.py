@@ -22,7 +22,7 @@ F64 = torch.float64
 GROUP_ESTIMATORS = ["grpo", "dr_grpo", "rloo", "kimi", "maxrl", "passk"]
 ALL_ESTIMATORS = [
     *("grpo", "dr_grpo", "rloo", "kimi", "reinforce", "reinforce_pp", "gae", "vapo"),
-    *("reinforce_pp_baseline", "maxrl", "gdpo", "passk"),
+    *("reinforce_pp_baseline", "maxrl", "gdpo", "passk", "pkpo"),
 ]
 
 
@@ -79,7 +79,7 @@ def test_unknown_name_gets_nearest_hint():
         ADVANTAGES.get("grpoo")
     with pytest.raises(
         UnknownNameError,
-        match="valid: dr_grpo, gae, gdpo, grpo, kimi, maxrl, passk, reinforce, reinforce_pp, reinforce_pp_baseline, rloo, vapo",
+        match="valid: dr_grpo, gae, gdpo, grpo, kimi, maxrl, passk, pkpo, reinforce, reinforce_pp, reinforce_pp_baseline, rloo, vapo",
     ):
         ADVANTAGES.get("ppo")
 

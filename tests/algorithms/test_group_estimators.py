@@ -1,4 +1,4 @@
-"""REINFORCE++-baseline, MaxRL, GDPO and pass@k advantages; the token-sum aggregation."""
+"""REINFORCE++-baseline, MaxRL, GDPO, pass@k and PKPO advantages; the token-sum aggregation."""
 
 import itertools
 import math
@@ -9,6 +9,7 @@ import torch
 from rlvr.algorithms.advantages import ADVANTAGES
 from rlvr.algorithms.aggregation import aggregate
 from rlvr.algorithms.config import AlgorithmConfig
+from rlvr.algorithms.group_estimators import max_at_k, pkpo_rewards
 from rlvr.algorithms.validation import validate_algorithm_config
 from rlvr.errors import ConfigError, ShapeError
 
@@ -96,6 +97,141 @@ def test_passk_rejects_bad_k():
         validate_algorithm_config(AlgorithmConfig(passk_k=2.5))
     with pytest.raises(ConfigError, match="algorithm.passk_k must be >= 1"):
         validate_algorithm_config(AlgorithmConfig(passk_k=0))
+
+
+# --- PKPO -----------------------------------------------------------------------------------------
+
+
+def subsets_containing(n, k, i):
+    return [s for s in itertools.combinations(range(n), k) if i in s]
+
+
+def brute_pkpo(g, k):
+    """By enumeration: max@k (mean over k-subsets of the largest reward), each sample's transformed
+    reward (mean max over the k-subsets containing it) and its s^(loo-1) advantage (mean, over the
+    same subsets, of max(subset) - max(subset without it)); k = 1 is the leave-one-out mean."""
+    n = len(g)
+    everything = list(itertools.combinations(range(n), k))
+    rho = sum(max(g[j] for j in s) for s in everything) / len(everything)
+    r = [
+        sum(max(g[j] for j in s) for s in subsets_containing(n, k, i)) / math.comb(n - 1, k - 1)
+        for i in range(n)
+    ]
+    if k == 1:
+        a = [g[i] - (sum(g) - g[i]) / (n - 1) if n > 1 else 0.0 for i in range(n)]
+    else:
+        a = [
+            sum(max(g[j] for j in s) - max(g[j] for j in s if j != i) for s in subsets_containing(n, k, i))
+            / math.comb(n - 1, k - 1)
+            for i in range(n)
+        ]
+    return rho, r, a
+
+
+PKPO_CASES = [
+    ([0.2, 0.9, 0.5, 0.0], 2),
+    ([1, 0, 0, 0], 2),
+    ([1, 0, 1, 0, 0], 3),
+    ([0.3, 0.3, 0.8, 0.1, 0.3], 2),  # ties
+    ([0.7, -1.2, 2.5, 0.0, 0.4, 1.1], 4),
+    ([0.7, -1.2, 2.5, 0.0, 0.4, 1.1], 6),  # k = n
+    ([0.7, -1.2, 2.5, 0.0], 1),
+    ([1, 1, 0, 1, 0, 0, 1, 0], 5),
+]
+
+
+@pytest.mark.parametrize("rewards,k", PKPO_CASES)
+def test_pkpo_equals_subset_enumeration(rewards, k):
+    rho, r, a = brute_pkpo([float(x) for x in rewards], k)
+    assert max_at_k(t(rewards), k) == pytest.approx(rho, abs=1e-12)
+    transformed = pkpo_rewards(t(rewards), k)
+    assert transformed.tolist() == pytest.approx(r, abs=1e-12)
+    assert transformed.mean().item() == pytest.approx(rho, abs=1e-12)  # their mean is the estimator
+    assert per_row("pkpo", rewards, passk_k=k).tolist() == pytest.approx(a, abs=1e-12)
+
+
+def test_pkpo_hand_example_and_binary_closed_forms():
+    # Sorted (0.0, 0.2, 0.5, 0.9), every weight C(j - 1, 0) / C(3, 1) = 1/3.
+    a = per_row("pkpo", [0.2, 0.9, 0.5, 0.0], passk_k=2)
+    assert a.tolist() == pytest.approx([0.2 / 3, 2.0 / 3, 0.8 / 3, 0.0], abs=1e-15)
+    assert max_at_k(t([0.2, 0.9, 0.5, 0.0]), 2) == pytest.approx(0.65, abs=1e-15)
+    for n, c, k in [(4, 1, 2), (8, 3, 4), (6, 2, 5), (5, 5, 3), (5, 0, 2)]:
+        rewards = [1.0] * c + [0.0] * (n - c)
+        # pass@k estimator of Chen et al.; transformed rewards 1 / 1 - C(n-c-1, k-1) / C(n-1, k-1)
+        assert max_at_k(t(rewards), k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k), abs=1e-12)
+        wrong = 1 - math.comb(n - c - 1, k - 1) / math.comb(n - 1, k - 1) if c < n else None
+        expected_r = [1.0] * c + [wrong] * (n - c)
+        assert pkpo_rewards(t(rewards), k).tolist() == pytest.approx(expected_r, abs=1e-12)
+        # s^(loo-1): a correct sample gets the chance that its k - 1 partners are all wrong, a wrong one 0
+        expected_a = [math.comb(n - c, k - 1) / math.comb(n - 1, k - 1)] * c + [0.0] * (n - c)
+        assert per_row("pkpo", rewards, passk_k=k).tolist() == pytest.approx(expected_a, abs=1e-12)
+
+
+def test_pkpo_paper_rewards_sum_to_k_times_the_estimator():
+    # The paper's per-sample rewards s_i = (k / n) r_i: sum_i s_i = k * rho (each subset has k members).
+    g = t([0.7, -1.2, 2.5, 0.0, 0.4, 1.1])
+    for k in range(1, 7):
+        s = (k / 6) * pkpo_rewards(g, k)
+        assert s.sum().item() == pytest.approx(k * max_at_k(g, k), abs=1e-12)
+
+
+def test_pkpo_k_one_is_the_plain_reward_with_the_leave_one_out_baseline():
+    rewards, ids = [0.3, 1.0, 0.0, 0.6, 0.2, 0.9, 0.5], [0, 0, 0, 0, 1, 1, 1]
+    assert pkpo_rewards(t(rewards[:4]), 1).tolist() == rewards[:4]  # r_i = g_i
+    assert max_at_k(t(rewards[:4]), 1) == pytest.approx(sum(rewards[:4]) / 4, abs=1e-15)  # the mean reward
+    torch.testing.assert_close(
+        per_row("pkpo", rewards, ids, passk_k=1), per_row("rloo", rewards, ids), rtol=0, atol=0
+    )
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("value", [0.1, 1 / 3, 0.7, 0.0])
+def test_pkpo_equal_rewards_give_exactly_zero(value, dtype):
+    for k in (1, 2, 4):
+        out = ADVANTAGES.get("pkpo")(
+            rewards=torch.full((5,), value, dtype=dtype),
+            mask=torch.ones(5, 3, dtype=torch.bool),
+            group_ids=torch.zeros(5, dtype=torch.long),
+            passk_k=k,
+        )
+        assert out.advantages.dtype == dtype and (out.advantages == 0).all()
+        assert out.metrics["advantage/zero_std_groups"] == 1
+
+
+def test_pkpo_invariants_permutation_groups_padding_and_the_lowest_reward():
+    g = torch.Generator().manual_seed(1)
+    rewards = torch.rand(12, generator=g, dtype=F64)
+    rewards[3] = rewards[5]  # a tie across the group
+    ids = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    mask = torch.rand(12, 5, generator=g) > 0.3
+    mask[:, 0] = True
+    fn = ADVANTAGES.get("pkpo")
+    out = fn(rewards=rewards, mask=mask, group_ids=ids, passk_k=3)
+    perm = torch.randperm(12, generator=g)
+    moved = fn(rewards=rewards[perm], mask=mask[perm], group_ids=ids[perm] * 7 - 3, passk_k=3)
+    torch.testing.assert_close(moved.advantages, out.advantages[perm], rtol=0, atol=1e-12)
+    assert (out.advantages[~mask] == 0).all()
+    per_seq = out.advantages[:, 0]
+    for group in (0, 1):
+        rows = ids == group
+        assert (per_seq[rows] >= 0).all()
+        assert per_seq[rows][rewards[rows].argmin()] == 0  # the lowest reward raises no maximum
+        assert per_seq[rows][rewards[rows].argmax()] == per_seq[rows].max()  # monotone in the reward
+        # each group alone gives the same values
+        alone = fn(rewards=rewards[rows], mask=mask[rows], group_ids=ids[rows], passk_k=3)
+        torch.testing.assert_close(alone.advantages, out.advantages[rows], rtol=0, atol=0)
+    assert per_seq[3] == per_seq[5]  # tied rewards, equal advantages
+    maxk = (max_at_k(rewards[:6], 3) + max_at_k(rewards[6:], 3)) / 2
+    assert out.metrics["pkpo/max_at_k"] == pytest.approx(maxk, abs=1e-12)
+
+
+def test_pkpo_k_larger_than_a_group_names_the_setting():
+    with pytest.raises(ConfigError, match=r"algorithm\.passk_k \(4\) is larger than a group of 3"):
+        per_row("pkpo", [1, 0, 0, 1, 0, 1, 0], [0, 0, 0, 1, 1, 1, 1], passk_k=4)
+    with pytest.raises(ConfigError, match="algorithm.passk_k must be an integer >= 1"):
+        per_row("pkpo", [1, 0], passk_k=0)
+    with pytest.raises(ConfigError, match="1 <= k <= n"):
+        max_at_k(t([1.0, 0.0]), 3)
 
 
 # --- GDPO -----------------------------------------------------------------------------------------

@@ -154,6 +154,7 @@ def test_loop_level_fields_are_real_fields_and_not_hidden_function_arguments():
         "lm_coef",
         "filters",
         "loss_norm_length",
+        "replay_sampling_support",
     }
     readers = field_readers()
     assert readers["cppo_pruning_rate"] == ["group filter 'cppo'"]

@@ -94,6 +94,27 @@ def test_logprobs_equal_full_sequence_recomputation(model, temperature, top_k, t
         torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=2e-5, rtol=0)
 
 
+def test_truncated_logprobs_are_those_of_the_distribution_the_tokens_came_from(model):
+    from rlvr.algorithms.sampling_support import truncated_token_logprobs
+
+    plain = SamplingParams(n=3, max_new_tokens=12, temperature=0.9, top_k=5, top_p=0.8, seed=1)
+    truncated = SamplingParams(**{**plain.__dict__, "truncated_logprobs": True})
+    engine = HFEngine(model, TOKENIZER)
+    before, after = engine.generate(PROMPTS, plain), engine.generate(PROMPTS, truncated)
+    for i, (a, b) in enumerate(zip(before, after, strict=True)):
+        assert b.token_ids == a.token_ids and b.untruncated_logprobs == a.logprobs  # the same draws
+        assert a.untruncated_logprobs is None
+        prompt = PROMPTS[i // 3]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + b.token_ids])).logits.float()
+        positions = slice(len(prompt) - 1, len(prompt) + len(b.token_ids) - 1)
+        expected = truncated_token_logprobs(
+            logits[:, positions], torch.tensor([b.token_ids]), temperature=0.9, top_k=5, top_p=0.8
+        )[0]
+        torch.testing.assert_close(torch.tensor(b.logprobs), expected, atol=2e-5, rtol=0)
+        assert all(t <= u + 1e-6 for t, u in zip(b.untruncated_logprobs, b.logprobs, strict=True))
+
+
 SLIDING = {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}  # layer 1 sees 4 tokens
 
 

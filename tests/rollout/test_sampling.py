@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
+from rlvr.algorithms.sampling_support import nucleus_weights
 from rlvr.errors import ConfigError, RLVRError
-from rlvr.rollout.sampling import _nucleus, draw_from_weights, sample_next_token
+from rlvr.rollout.sampling import draw_from_weights, sample_next_token, sample_next_token_in_support
 
 # A fixed next-token distribution, deliberately not sorted: token 1 is the most likely.
 PROBS = torch.tensor([0.10, 0.50, 0.15, 0.25])
@@ -63,6 +64,30 @@ def test_top_p_applies_to_the_top_k_renormalised_distribution():
 def test_logprob_is_of_the_untruncated_distribution(top_k, top_p):
     tokens, logprobs = draw(top_k=top_k, top_p=top_p)
     torch.testing.assert_close(logprobs, PROBS.log()[tokens])  # e.g. token 1 -> log 0.5, never log(2/3)
+
+
+@pytest.mark.parametrize(
+    ("top_k", "top_p", "kept"),
+    [(0, 1.0, {0, 1, 2, 3}), (2, 1.0, {1, 3}), (0, 0.7, {1, 3}), (2, 0.6, {1}), (3, 0.8, {1, 3})],
+)
+def test_in_support_draws_the_same_token_and_gives_the_truncated_logprob(top_k, top_p, kept):
+    tokens, logprobs = draw(top_k=top_k, top_p=top_p)
+    logits = PROBS.log().expand(DRAWS, -1).contiguous()
+    same, truncated, full = sample_next_token_in_support(
+        logits, temperature=1.0, top_k=top_k, top_p=top_p, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(same, tokens) and torch.equal(full, logprobs)  # the same draw, bit for bit
+    # log pi_T = log p - log(kept mass): token 1 of the nucleus {1, 3} gets log(0.5 / 0.75) = log 2/3
+    mass = sum(PROBS[i].item() for i in kept)
+    torch.testing.assert_close(truncated, (PROBS / mass).log()[tokens])
+    torch.testing.assert_close(full - truncated, torch.full_like(full, math.log(mass)))
+
+
+def test_in_support_greedy_is_a_point_mass():
+    logits = torch.tensor([[0.0, 2.0, 1.0]])
+    token, truncated, full = sample_next_token_in_support(logits, temperature=0.0, top_p=0.5)
+    assert token.tolist() == [1] and truncated.tolist() == [0.0]
+    assert full.item() == pytest.approx(2 - math.log(1 + math.e**2 + math.e), abs=1e-6)
 
 
 def test_temperature_scales_logits_for_sampling_and_logprob():
@@ -157,9 +182,9 @@ def _large_vocab_weights():
 )
 def test_nucleus_over_a_large_vocabulary(top_p, kept):
     weights = _large_vocab_weights()
-    nucleus = _nucleus(weights, top_p)
+    nucleus = nucleus_weights(weights, top_p)
     assert int((nucleus > 0).sum()) == kept
     assert nucleus[0, 5] > 0 and nucleus[0, 2500] > 0
     torch.testing.assert_close(nucleus[nucleus > 0], weights[nucleus > 0])  # kept weights unchanged
-    full_sort = _nucleus(weights, top_p, first_try=weights.shape[-1])
+    full_sort = nucleus_weights(weights, top_p, first_try=weights.shape[-1])
     assert int((full_sort > 0).sum()) == kept

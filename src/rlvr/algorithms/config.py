@@ -28,7 +28,7 @@ class AlgorithmConfig:
     # --- advantage estimator -------------------------------------------------------------
     advantage: str = "grpo"
     """Advantage estimator: grpo | dr_grpo | rloo | reinforce | reinforce_pp | reinforce_pp_baseline |
-    gae | vapo | kimi | maxrl | gdpo | passk."""
+    gae | vapo | kimi | maxrl | gdpo | passk | pkpo."""
     std_eps: float = 1e-6
     """grpo: epsilon added to the group standard deviation, (r - mean) / (std + std_eps)."""
     std_unbiased: bool = True
@@ -44,7 +44,8 @@ class AlgorithmConfig:
     lam_alpha: float = 0.05
     """vapo: length-adaptive lambda_policy = 1 - 1 / (lam_alpha * length) (VAPO eq. 8)."""
     passk_k: int = 4
-    """passk: the k of the pass@k the advantages optimise (1 <= k; a group of n < k samples uses k = n)."""
+    """passk, pkpo: the k of the pass@k the advantages optimise (1 <= k). passk: a group of n < k
+    samples uses k = n; pkpo: k must not exceed the group size (rollout.samples_per_prompt)."""
 
     # --- policy loss ---------------------------------------------------------------------
     policy_loss: str = "ppo_clip"
@@ -103,6 +104,12 @@ class AlgorithmConfig:
     mismatch_opsm_delta: float | None = None
     """DeepSeek-V3.2's off-policy sequence mask: drop sequences with A < 0 whose mean per-token
     log(pi_rollout / pi_theta) exceeds this delta (>= 0). None disables it."""
+    replay_sampling_support: bool = False
+    """Under rollout.top_k / rollout.top_p: the rollout records each token's logprob under the
+    truncated, renormalised distribution it was drawn from, and the trainer computes the policy's
+    logprobs in the importance ratio under the same truncation of its own logits
+    (rlvr.algorithms.sampling_support). Off: both are untruncated, a ratio of 1 for tokens drawn
+    from another distribution. The KL, entropy and LM terms stay untruncated either way."""
 
     # --- KL to the reference model -------------------------------------------------------
     kl_coef: float = 0.0

@@ -153,6 +153,27 @@ def _check_logits(logits: object, temperature: float, chunk_size: int) -> torch.
     return logits
 
 
+def _check_token_ids(token_ids: object, logits: torch.Tensor) -> torch.Tensor:
+    """``token_ids`` checked: an integer [B, T] tensor matching ``logits`` [B, T, V], ids in [0, V)."""
+    token_ids = check_tensor(token_ids, "token_ids", 2)
+    if token_ids.dtype.is_floating_point or token_ids.dtype == torch.bool:
+        raise ShapeError(f"token_ids must be an integer tensor, got dtype {token_ids.dtype}")
+    if tuple(token_ids.shape) != tuple(logits.shape[:2]):
+        raise ShapeError(
+            f"token_ids has shape {tuple(token_ids.shape)} but logits has shape {tuple(logits.shape)}; "
+            "token_ids must be [B, T] matching logits [B, T, V] (align them before the call)"
+        )
+    vocab = logits.shape[2]
+    if token_ids.numel():
+        low, high = int(token_ids.min()), int(token_ids.max())
+        if low < 0 or high >= vocab:
+            raise ShapeError(
+                f"token_ids must lie in [0, {vocab}) (the vocabulary of logits), got values in [{low}, {high}]; "
+                "replace ignore-index padding (e.g. -100) by a real id and mask the result"
+            )
+    return token_ids
+
+
 def entropy_from_logits(
     logits: torch.Tensor, *, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> torch.Tensor:
@@ -187,22 +208,7 @@ def token_logprobs(
     (z / 2 = (0, 0, 1): log(e / (2 + e)) = 1 - log(4.7183) = -0.5514.)
     """
     logits = _check_logits(logits, temperature, chunk_size)
-    token_ids = check_tensor(token_ids, "token_ids", 2)
-    if token_ids.dtype.is_floating_point or token_ids.dtype == torch.bool:
-        raise ShapeError(f"token_ids must be an integer tensor, got dtype {token_ids.dtype}")
-    if tuple(token_ids.shape) != tuple(logits.shape[:2]):
-        raise ShapeError(
-            f"token_ids has shape {tuple(token_ids.shape)} but logits has shape {tuple(logits.shape)}; "
-            "token_ids must be [B, T] matching logits [B, T, V] (align them before the call)"
-        )
-    vocab = logits.shape[2]
-    if token_ids.numel():
-        low, high = int(token_ids.min()), int(token_ids.max())
-        if low < 0 or high >= vocab:
-            raise ShapeError(
-                f"token_ids must lie in [0, {vocab}) (the vocabulary of logits), got values in [{low}, {high}]; "
-                "replace ignore-index padding (e.g. -100) by a real id and mask the result"
-            )
+    token_ids = _check_token_ids(token_ids, logits)
     return _ChunkedTokenLogprobs.apply(logits, token_ids.long(), float(temperature), chunk_size)
 
 

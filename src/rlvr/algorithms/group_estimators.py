@@ -1,4 +1,4 @@
-"""Group estimators of the second round: REINFORCE++-baseline, MaxRL, GDPO and pass@k advantages.
+"""Group estimators of the second round: REINFORCE++-baseline, MaxRL, GDPO, pass@k and PKPO advantages.
 
 Same signature and conventions as :mod:`rlvr.algorithms.advantages` (they register into the same
 :data:`~rlvr.algorithms.advantages.ADVANTAGES`): float64 arithmetic, exact centring (a group of
@@ -210,10 +210,9 @@ def passk(
     the GRPO-normalised subset reward max(subset): a correct sample is in passing subsets only, a
     wrong one passes only with a correct partner (tests/algorithms/test_group_estimators.py
     enumerates the subsets). k = 1 gives GRPO with the biased std and no epsilon. A group with
-    fewer than k samples uses k = n; R_mean in {0, 1} (then sigma = 0) gives 0. PKPO (Walder &
-    Karkhanis, arXiv 2505.15201) optimises the same pass@k with unbiased per-sample rewards instead
-    (correct: k/n; wrong: (k/n) * (1 - C(n-c-1, k-1) / C(n-1, k-1)), before any baseline); those are
-    not offered as an estimator here.
+    fewer than k samples uses k = n; R_mean in {0, 1} (then sigma = 0) gives 0. :func:`pkpo`
+    (Walder & Karkhanis, arXiv 2505.15201) optimises the same pass@k with unbiased transformed
+    rewards and a leave-one-out baseline instead of this normalisation.
 
     Example, n = 4, c = 1, k = 2: R_mean = 1 - 3/6 = 0.5, sigma = 0.5, A_pos = 1, A_neg =
     (0.5 - C(2, 1) / C(3, 1)) / 0.5 = (0.5 - 2/3) / 0.5 = -1/3.
@@ -232,3 +231,149 @@ def passk(
     per_sequence = torch.where(success, table[inverse, 0], table[inverse, 1])
     all_equal = (correct == 0) | (correct == counts)
     return _output(_broadcast(per_sequence, mask), mask, dtype, **_group_metrics(all_equal))
+
+
+# --- PKPO -------------------------------------------------------------------------------------------
+
+
+def _comb_ratio(a: int, b: int, c: int, d: int) -> float:
+    """C(a, b) / C(c, d) from exact integers, rounded once (C(a, b) = 0 when b > a)."""
+    return math.comb(a, b) / math.comb(c, d)
+
+
+def _check_k(k: int, n: int, what: str) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ConfigError(f"{what} needs an integer k with 1 <= k <= n, got k = {k!r} for n = {n}")
+
+
+def max_at_k(rewards: torch.Tensor, k: int) -> float:
+    """The unbiased estimate of max@k (pass@k for 0/1 rewards) from the n rewards [n] of one group::
+
+        rho(n, k) = sum_i C(i - 1, k - 1) / C(n, k) * g_(i)        g_(1) <= ... <= g_(n) sorted
+
+    the mean, over the C(n, k) subsets of k samples, of the largest reward of the subset (g_(i) is
+    the largest of the C(i - 1, k - 1) subsets whose other members rank below it). For 0/1 rewards
+    with c correct it is 1 - C(n - c, k) / C(n, k), the pass@k estimator of Chen et al. (2021).
+    Walder & Karkhanis, arXiv 2505.15201. Example (0.2, 0.9, 0.5, 0.0), k = 2:
+    (0 * 0.0 + 1 * 0.2 + 2 * 0.5 + 3 * 0.9) / 6 = 0.65.
+    """
+    g = torch.sort(rewards.detach().to(F64).flatten()).values
+    n = g.numel()
+    _check_k(k, n, "max_at_k")
+    weights = torch.tensor([_comb_ratio(i, k - 1, n, k) for i in range(n)], dtype=F64, device=g.device)
+    return float((weights * g).sum())
+
+
+def pkpo_rewards(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """PKPO's transformed rewards [n] of one group's rewards [n], before any baseline::
+
+        r_i = mean over the k-subsets K that contain i of max_{j in K} g_j
+            = (C(rank_i - 1, k - 1) g_i + sum_{rank_j > rank_i} C(rank_j - 2, k - 2) g_j) / C(n - 1, k - 1)
+
+    (ranks 1..n in ascending order of reward; a tie counts once whichever rank it gets). Their mean
+    is :func:`max_at_k`, and sum_i (k / n) r_i grad log pi(y_i) is the paper's unbiased estimate of
+    grad max@k (Walder & Karkhanis, arXiv 2505.15201, whose per-sample rewards are (k / n) r_i).
+    For 0/1 rewards a correct sample gets 1 and a wrong one 1 - C(n - c - 1, k - 1) / C(n - 1, k - 1),
+    the chance that the other k - 1 members of its subset hold a correct one. k = 1 gives r_i = g_i.
+    """
+    g = rewards.detach().to(F64).flatten()
+    n = g.numel()
+    _check_k(k, n, "pkpo_rewards")
+    order = torch.argsort(g, stable=True)
+    s = g[order]  # ascending: s[i] has rank i + 1
+    own = torch.tensor([_comb_ratio(i, k - 1, n - 1, k - 1) for i in range(n)], dtype=F64, device=g.device)
+    rest = torch.zeros(n, dtype=F64, device=g.device)  # sum over the ranks above i of their share
+    if k >= 2:  # s[j] is the largest of the C(j - 1, k - 2) subsets of i < j with k - 2 others below j
+        share = [0.0] + [_comb_ratio(j - 1, k - 2, n - 1, k - 1) for j in range(1, n)]
+        weighted = torch.tensor(share, dtype=F64, device=g.device) * s
+        rest[:-1] = weighted.flip(0).cumsum(0).flip(0)[1:]
+    out = torch.empty_like(g)
+    out[order] = own * s + rest
+    return out
+
+
+def _pkpo_loo_minus_one(g: torch.Tensor, k: int) -> torch.Tensor:
+    """A_i = r_i - rho(g without i, k - 1) of one group [n], k >= 2, as a sum of reward gaps::
+
+    sum over the ranks j below rank i of C(j - 1, k - 2) / C(n - 1, k - 1) * (g_i - g_j).
+    """
+    n = g.numel()
+    order = torch.argsort(g, stable=True)
+    s = g[order]
+    w = torch.tensor([_comb_ratio(j, k - 2, n - 1, k - 1) for j in range(n)], dtype=F64, device=g.device)
+    below = torch.ones(n, n, dtype=torch.bool, device=g.device).tril(diagonal=-1)  # [i, j]: j ranks below i
+    gaps = torch.where(below, s[:, None] - s[None, :], 0.0)  # exactly 0 between equal rewards
+    out = torch.empty_like(g)
+    out[order] = (gaps * w[None, :]).sum(1)
+    return out
+
+
+@ADVANTAGES.register("pkpo")
+def pkpo(
+    *,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    group_ids: torch.Tensor,
+    values: torch.Tensor | None = None,
+    passk_k: int = 4,
+) -> AdvantageOutput:
+    """PKPO, Pass-at-k Policy Optimization (Walder & Karkhanis, arXiv 2505.15201): the unbiased,
+    low-variance transformation of a group's rewards whose policy gradient is that of max@k
+    (pass@k for 0/1 rewards), with the paper's recommended "s^(loo-1)" baseline::
+
+        A_i = mean over the k-subsets K containing i of ( max_{j in K} g_j - max_{j in K, j != i} g_j )
+            = r_i - rho(g without i, k - 1)
+            = sum_{rank_j < rank_i} C(rank_j - 1, k - 2) * (g_i - g_j) / C(n - 1, k - 1)
+
+    with n the group size, ranks 1..n in ascending order of reward, r_i :func:`pkpo_rewards` and
+    rho :func:`max_at_k`. The baseline of sample i is the max@(k-1) estimate from the other samples,
+    which does not depend on sample i, so the estimate stays unbiased. The paper's per-sample
+    rewards are s_i = (k / n) * A_i (the gradient estimate is sum_i s_i grad log pi(y_i)); rlvr
+    returns A_i = (n / k) * s_i, the mean over the subsets containing i, so that the loop's
+    per-sequence mean ((1 / n) sum_i A_i grad log pi(y_i)) is the paper's estimate divided by k and
+    advantages stay in the range of the rewards. Any reward works (the paper's max@k for continuous
+    rewards); 0/1 rewards give A = C(n - c, k - 1) / C(n - 1, k - 1) for each correct sample (the
+    chance that the other k - 1 members of its subset are all wrong) and 0 for each wrong one.
+    Advantages are never negative: each sample is credited with how much it raises the maximum of
+    its subsets, so the lowest reward of a group, and every reward of an all-equal group, gets
+    exactly 0. k = 1 has no (k - 1)-subsets to baseline with: rlvr then uses the leave-one-out mean
+    of the other samples, A_i = g_i - mean_{j != i} g_j (the ``rloo`` estimator; a group of one gets
+    0). k must not exceed the group size (``algorithm.passk_k``, a ConfigError otherwise).
+
+    Example, n = 4, k = 2, rewards (0.2, 0.9, 0.5, 0.0): sorted (0.0, 0.2, 0.5, 0.9), every weight
+    C(j - 1, 0) / C(3, 1) = 1/3, so A = (0.2 / 3, (0.9 + 0.7 + 0.4) / 3, (0.5 + 0.3) / 3, 0) =
+    (0.0667, 0.6667, 0.2667, 0); max@2 = 0.65. 0/1 rewards (1, 0, 0, 0), k = 2: A = (1, 0, 0, 0)
+    (``passk`` gives (1, -1/3, -1/3, -1/3)). Metric ``pkpo/max_at_k``: the mean over the batch's
+    groups of :func:`max_at_k` (the estimated pass@k for 0/1 rewards).
+    """
+    if isinstance(passk_k, bool) or not isinstance(passk_k, int) or passk_k < 1:
+        raise ConfigError(f"algorithm.passk_k must be an integer >= 1, got {passk_k!r}")
+    rewards, mask, group_ids, _, dtype = _prepare("pkpo", rewards, mask, group_ids, values)
+    outcomes = sequence_outcomes(rewards, mask)
+    centered, inverse, counts, all_equal = _group_centered(outcomes, group_ids)
+    smallest = int(counts.min().item()) if counts.numel() else passk_k
+    if passk_k > smallest:
+        raise ConfigError(
+            f"algorithm.passk_k ({passk_k}) is larger than a group of {smallest} completions: pkpo "
+            "estimates pass@k from the k-subsets of each group, so k must be <= the group size "
+            "(rollout.samples_per_prompt, and no filter may drop single completions)"
+        )
+    per_sequence = torch.zeros_like(outcomes)
+    max_sum = 0.0
+    if passk_k == 1:  # the leave-one-out mean: rloo
+        n = counts[inverse]
+        per_sequence = torch.where(n > 1, centered * n / (n - 1.0).clamp(min=1.0), 0.0)
+    for group in range(counts.numel()):
+        rows = torch.nonzero(inverse == group).flatten()
+        g = outcomes[rows]
+        max_sum += max_at_k(g, passk_k)
+        if passk_k >= 2:
+            per_sequence[rows] = _pkpo_loo_minus_one(g, passk_k).to(per_sequence.device)
+    total, groups = all_reduce_sum(torch.tensor([max_sum, float(counts.numel())], dtype=F64)).tolist()
+    return _output(
+        _broadcast(per_sequence, mask),
+        mask,
+        dtype,
+        **_group_metrics(all_equal),
+        **{"pkpo/max_at_k": total / max(groups, 1.0)},
+    )

@@ -128,7 +128,8 @@ RECENT: tuple[Preset, ...] = (
         settings={"rollout.samples_per_prompt": 8},
         notes={
             "k": "needs k < samples_per_prompt: with k = n every group holding one correct sample gets no signal",
-            "PKPO (arXiv 2505.15201)": "optimises the same pass@k with unbiased transformed rewards; not a preset here",
+            "PKPO (arXiv 2505.15201)": "optimises the same pass@k with unbiased transformed rewards: "
+            "algorithm.advantage=pkpo (no preset of its own)",
         },
     ),
 )

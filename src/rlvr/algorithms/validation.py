@@ -34,13 +34,17 @@ LOOP_LEVEL_FIELDS: dict[str, str] = {
     "lm_coef": "weight of the positive-example LM loss",
     "filters": "the loop runs these group filters (rlvr.algorithms.filters.apply_filters)",
     "loss_norm_length": "the loop passes it (or rollout.max_new_tokens) as norm_length to every aggregation",
+    "replay_sampling_support": "the rollout records truncated logprobs and the update replays rollout.top_k "
+    "/ top_p on the policy's logprobs (rlvr.algorithms.sampling_support)",
 }
 """Fields the training loop reads itself, with what it does with them."""
 
 TOKEN_LEVEL_ESTIMATORS: frozenset[str] = frozenset({"reinforce_pp", "gae", "vapo"})
 """Estimators whose advantages vary along a sequence (CPPO ranks one advantage per completion)."""
 
-GROUP_RELATIVE_ESTIMATORS: frozenset[str] = frozenset({"grpo", "dr_grpo", "rloo", "kimi", "maxrl", "passk"})
+GROUP_RELATIVE_ESTIMATORS: frozenset[str] = frozenset(
+    {"grpo", "dr_grpo", "rloo", "kimi", "maxrl", "passk", "pkpo"}
+)
 """Estimators that subtract a group baseline: a group of equal rewards gets zero advantage."""
 
 KL_PLACEMENTS: tuple[str, ...] = ("loss", "reward")
@@ -172,6 +176,10 @@ def _check_ranges(cfg: AlgorithmConfig) -> None:
     _at_least(cfg, "dppo_ratio_cap", 1.0)
     for name in ("sapo_tau_pos", "sapo_tau_neg"):
         _at_least(cfg, name, 0.0, strict=True)
+    if not isinstance(cfg.replay_sampling_support, bool):
+        raise ConfigError(
+            f"algorithm.replay_sampling_support must be true or false, got {cfg.replay_sampling_support!r}"
+        )
     if isinstance(cfg.passk_k, bool) or not isinstance(cfg.passk_k, int):
         raise ConfigError(f"algorithm.passk_k must be an integer, got {cfg.passk_k!r}")
     _at_least(cfg, "passk_k", 1)

@@ -33,7 +33,7 @@ import torch
 
 from rlvr.errors import ConfigError, DataError
 from rlvr.rollout.decoders import DecoderChoice, check_decoder_choice, make_decoder
-from rlvr.rollout.sampling import check_sampling_values, sample_next_token
+from rlvr.rollout.sampling import check_sampling_values, sample_next_token, sample_next_token_in_support
 from rlvr.rollout.types import Completion, SamplingParams
 
 
@@ -214,6 +214,7 @@ class HFEngine:
         active = torch.arange(total, device=device)  # [A]: the completion each active row is
         token_ids = torch.full((total, budget), self.pad_id, dtype=torch.long, device=device)
         logprobs = torch.zeros((total, budget), device=device)
+        untruncated = torch.zeros((total, budget), device=device) if sampling.truncated_logprobs else None
         lengths = torch.full((total,), budget, dtype=torch.long, device=device)
         stopped = torch.zeros(total, dtype=torch.bool, device=device)
         eos = torch.tensor(sorted(self.eos_ids), device=device)
@@ -222,13 +223,23 @@ class HFEngine:
         window = max((len(s.encode()) for s in stops), default=0) + 2  # tokens that can hold a stop string
 
         for step in range(budget):
-            token, logp = sample_next_token(
-                logits,
-                temperature=sampling.temperature,
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                generator=generator,
-            )
+            if untruncated is None:
+                token, logp = sample_next_token(
+                    logits,
+                    temperature=sampling.temperature,
+                    top_k=sampling.top_k,
+                    top_p=sampling.top_p,
+                    generator=generator,
+                )
+            else:  # logp: under the truncated distribution the token was drawn from
+                token, logp, full = sample_next_token_in_support(
+                    logits,
+                    temperature=sampling.temperature,
+                    top_k=sampling.top_k,
+                    top_p=sampling.top_p,
+                    generator=generator,
+                )
+                untruncated[active, step] = full
             token_ids[active, step] = token
             logprobs[active, step] = logp
             done = torch.isin(token, eos)
@@ -254,6 +265,7 @@ class HFEngine:
             next_position = next_position + 1
 
         token_lists, logprob_lists = token_ids.tolist(), logprobs.tolist()
+        untruncated_lists = untruncated.tolist() if untruncated is not None else None
         completions = []
         for r, (length, stop) in enumerate(zip(lengths.tolist(), stopped.tolist(), strict=True)):
             prompt_row = r // n
@@ -266,6 +278,7 @@ class HFEngine:
                     logprobs=logprob_lists[r][:length],
                     text=self.tokenizer.decode(ids, skip_special_tokens=True),
                     finish_reason="stop" if stop else "length",
+                    untruncated_logprobs=None if untruncated_lists is None else untruncated_lists[r][:length],
                 )
             )
         return completions

@@ -12,11 +12,12 @@ FinishReason = Literal["stop", "length"]
 class SamplingParams:
     """How to sample.
 
-    ``temperature`` 0 decodes greedily. Logprobs are always those of ``softmax(logits /
-    temperature)`` (``softmax(logits)`` when greedy): the distribution the token was drawn from
-    before top-p/top-k truncation. The trainer recomputes logprobs with the same convention
+    ``temperature`` 0 decodes greedily. Logprobs are those of ``softmax(logits / temperature)``
+    (``softmax(logits)`` when greedy): the distribution the token was drawn from before top-p/top-k
+    truncation. The trainer recomputes logprobs with the same convention
     (:func:`rlvr.algorithms.entropy.token_logprobs` with the same temperature), so the importance
-    ratio is exactly 1 before the first update; truncation by top-p/top-k is not part of either.
+    ratio is exactly 1 before the first update; truncation by top-p/top-k is not part of either,
+    unless ``truncated_logprobs`` is set.
     """
 
     n: int = 1
@@ -26,6 +27,11 @@ class SamplingParams:
     top_k: int = 0
     stop_strings: tuple[str, ...] = ()
     seed: int = 0
+    truncated_logprobs: bool = False
+    """Record each token's logprob under the top-k / top-p truncated, renormalised distribution it
+    was drawn from in ``Completion.logprobs``, and the untruncated one in
+    ``Completion.untruncated_logprobs`` (``algorithm.replay_sampling_support``; the trainer replays
+    the truncation with :func:`rlvr.algorithms.sampling_support.truncated_token_logprobs`)."""
 
 
 @dataclass
@@ -46,6 +52,9 @@ class Completion:
     mask: list[int] | None = None
     """Multi-turn trajectories: 1 on the tokens the policy sampled, 0 on observation tokens (which
     are not trained on); None means every token was sampled."""
+    untruncated_logprobs: list[float] | None = None
+    """With ``SamplingParams.truncated_logprobs``: the logprobs of ``softmax(logits / temperature)``
+    before truncation (``logprobs`` then holds the truncated ones); None otherwise."""
 
 
 class RolloutEngine(Protocol):

@@ -35,7 +35,9 @@ class RolloutBatch:
     prompt_lengths: list[int]
     response_lengths: list[int]
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Per-step tensors added later: advantages, returns, ref_logprobs, values."""
+    """Per-step tensors added later: advantages, returns, ref_logprobs, values; and
+    ``untruncated_old_logprobs`` [B, T] when the rollout recorded truncated logprobs as
+    ``old_logprobs`` (``algorithm.replay_sampling_support``)."""
     row_keys: list[tuple[int, int]] = field(default_factory=list)
     """(group position in the step, index in the group) of every row: unique over all ranks, so
     the rows of all ranks sort into the order one process would have them in."""
@@ -77,6 +79,12 @@ def make_batch(
     attention = torch.zeros((B, P + T), dtype=torch.long)
     mask = torch.zeros((B, T), dtype=torch.float32)
     old = torch.zeros((B, T), dtype=torch.float32)
+    # Truncated logprobs in ``logprobs`` (SamplingParams.truncated_logprobs): keep the untruncated too.
+    untruncated = (
+        torch.zeros((B, T), dtype=torch.float32)
+        if B and all(c.untruncated_logprobs is not None for c in completions)
+        else None
+    )
     for i, c in enumerate(completions):
         p, t = len(c.prompt_ids), len(c.token_ids)
         ids[i, P - p : P] = torch.tensor(c.prompt_ids)
@@ -85,7 +93,9 @@ def make_batch(
             ids[i, P : P + t] = torch.tensor(c.token_ids)
             mask[i, :t] = 1.0 if c.mask is None else torch.tensor(c.mask, dtype=torch.float32)
             old[i, :t] = torch.tensor(c.logprobs, dtype=torch.float32)
-    return RolloutBatch(
+            if untruncated is not None:
+                untruncated[i, :t] = torch.tensor(c.untruncated_logprobs, dtype=torch.float32)
+    batch = RolloutBatch(
         input_ids=ids,
         attention=attention,
         response_mask=mask,
@@ -98,6 +108,9 @@ def make_batch(
         response_lengths=[len(c.token_ids) for c in completions],
         row_keys=list(row_keys) if row_keys is not None else _keys_from_groups(group_ids),
     )
+    if untruncated is not None:
+        batch.extra["untruncated_old_logprobs"] = untruncated
+    return batch
 
 
 def _keys_from_groups(group_ids: Sequence[int]) -> list[tuple[int, int]]:

@@ -129,6 +129,11 @@ def _completion_state(c: Completion) -> dict[str, Any]:
         "logprobs": torch.tensor(c.logprobs, dtype=torch.float32),
         "text": c.text,
         "finish_reason": c.finish_reason,
+        **(
+            {"untruncated_logprobs": torch.tensor(c.untruncated_logprobs, dtype=torch.float32)}
+            if c.untruncated_logprobs is not None
+            else {}
+        ),
     }
 
 
@@ -140,4 +145,7 @@ def _completion_from_state(state: dict[str, Any]) -> Completion:
         logprobs=state["logprobs"].tolist(),
         text=state["text"],
         finish_reason=state["finish_reason"],
+        untruncated_logprobs=state["untruncated_logprobs"].tolist()
+        if "untruncated_logprobs" in state
+        else None,
     )

@@ -32,6 +32,7 @@ from rlvr.algorithms.filters import apply_filters, filter_stages, sequence_advan
 from rlvr.algorithms.kl import fold_kl_into_rewards, kl_penalty
 from rlvr.algorithms.mismatch import mismatch_enabled, needs_trainer_logprobs
 from rlvr.algorithms.samplers import PromptSampler, difficulties_from_problems
+from rlvr.algorithms.sampling_support import SamplingSupport
 from rlvr.algorithms.validation import needs_critic, needs_reference_model
 from rlvr.config import Config, CriticConfig, to_dict
 from rlvr.distributed import (
@@ -71,7 +72,13 @@ from rlvr.training.setup import (
     turn_reward_tensor,
 )
 from rlvr.training.sharded_state import export_state
-from rlvr.training.update import UpdateSettings, compute_logprobs, minibatch_schedule, policy_update
+from rlvr.training.update import (
+    UpdateSettings,
+    compute_logprobs,
+    compute_logprobs_in_support,
+    minibatch_schedule,
+    policy_update,
+)
 
 CRITIC_PRETRAIN_FILE = "critic_pretrain.jsonl"
 """One line per value-pretraining step, in the run directory."""
@@ -196,6 +203,7 @@ class Trainer:
             top_k=c.rollout.top_k,
             stop_strings=self.task.stop_strings,
             seed=c.training.seed,
+            truncated_logprobs=c.algorithm.replay_sampling_support,
         )
         self.episodes = None  # multi-turn rollouts: one environment per trajectory (docs/agents.md)
         if c.env.name is not None:
@@ -222,6 +230,9 @@ class Trainer:
             norm_length=c.algorithm.loss_norm_length or c.rollout.max_new_tokens,
             autocast_dtype=autocast_dtype(c.model),
             skip_zero_advantage=c.training.skip_zero_advantage,
+            support=SamplingSupport(c.rollout.top_k, c.rollout.top_p)
+            if c.algorithm.replay_sampling_support
+            else None,
         )
         self.generator = torch.Generator().manual_seed(c.training.seed)
         self.step = 0
@@ -308,16 +319,29 @@ class Trainer:
         """
         c, alg = self.config, self.config.algorithm
         metrics: dict[str, float] = {}
+        support = self.update_settings.support
         if self._needs_recompute():
             if mismatch_enabled(alg.mismatch_is, alg.mismatch_mask, alg.mismatch_opsm_delta):
                 batch.extra["rollout_logprobs"] = batch.old_logprobs  # the sampler's, for the correction
-            batch.old_logprobs = compute_logprobs(
-                self.model,
-                batch,
-                self.update_settings.temperature,
-                c.training.micro_batch_tokens,
-                self.update_settings.autocast_dtype,
-            )
+            if support is None:
+                batch.old_logprobs = compute_logprobs(
+                    self.model,
+                    batch,
+                    self.update_settings.temperature,
+                    c.training.micro_batch_tokens,
+                    self.update_settings.autocast_dtype,
+                )
+            else:  # the truncated ones for the ratio, the untruncated ones for the KL and the teacher
+                batch.old_logprobs, batch.extra["untruncated_old_logprobs"] = compute_logprobs_in_support(
+                    self.model,
+                    batch,
+                    self.update_settings.temperature,
+                    c.training.micro_batch_tokens,
+                    support,
+                    self.update_settings.autocast_dtype,
+                )
+        # The policy's own logprobs, untruncated, against the reference and the teacher.
+        policy_logprobs = batch.extra.get("untruncated_old_logprobs", batch.old_logprobs)
         rewards = batch.extra.pop("token_rewards", batch.rewards)  # [B, T] with env.turn_rewards
         if self.reference is not None:  # KL to the reference policy, in the loss or in the reward
             with self.reference.active() as ref_model:
@@ -329,7 +353,7 @@ class Trainer:
                     self.update_settings.autocast_dtype,
                 )
             kl = kl_penalty(
-                logprobs=batch.old_logprobs,
+                logprobs=policy_logprobs,
                 ref_logprobs=batch.extra["ref_logprobs"],
                 mask=batch.response_mask,
                 kl_estimator=alg.kl_estimator,
@@ -351,7 +375,7 @@ class Trainer:
                     rewards=rewards,
                     kl=-teacher_log_ratio(
                         teacher_logprobs=batch.extra["teacher_logprobs"],
-                        logprobs=batch.old_logprobs,
+                        logprobs=policy_logprobs,
                         mask=batch.response_mask,
                     ),
                     mask=batch.response_mask,
@@ -380,7 +404,7 @@ class Trainer:
         if self.teacher is not None and distill.mode == "advantage":  # A_t = r_t + w * A_task_t
             advantages = distillation_advantages(
                 teacher_logprobs=batch.extra["teacher_logprobs"],
-                logprobs=batch.old_logprobs,
+                logprobs=policy_logprobs,
                 mask=batch.response_mask,
                 task_advantages=advantages,
                 reward_weight=distill.reward_weight,
@@ -411,7 +435,7 @@ class Trainer:
             )
         sums = distillation_metrics(
             teacher_logprobs=batch.extra["teacher_logprobs"],
-            logprobs=batch.old_logprobs,
+            logprobs=batch.extra.get("untruncated_old_logprobs", batch.old_logprobs),
             mask=batch.response_mask,
         )
         reverse_kl, teacher_logprob, tokens = all_reduce_sum(sums).tolist()

@@ -26,6 +26,11 @@ from rlvr.algorithms.kl import kl_loss
 from rlvr.algorithms.lm_loss import positive_lm_loss
 from rlvr.algorithms.losses import POLICY_LOSS_TENSOR_ARGS, POLICY_LOSSES
 from rlvr.algorithms.mismatch import MISMATCH_TENSOR_ARGS, mismatch_correction, mismatch_enabled
+from rlvr.algorithms.sampling_support import (
+    SamplingSupport,
+    neutralize_outside_support,
+    truncated_token_logprobs,
+)
 from rlvr.distributed import all_reduce_max, all_reduce_sum, gather_objects, world_size
 from rlvr.training.batch import (
     MicroBatch,
@@ -51,6 +56,11 @@ class UpdateSettings:
     """Forward passes run under torch.autocast in this dtype (model.autocast); None: no autocast."""
     skip_zero_advantage: bool = False
     """Leave out completions that add nothing to the loss (:func:`rows_with_gradient`)."""
+    support: SamplingSupport | None = None
+    """``algorithm.replay_sampling_support``: the rollout's top-k / top-p. The policy's logprobs in
+    the importance ratio are then those of the truncated distribution
+    (:func:`~rlvr.algorithms.sampling_support.truncated_token_logprobs`); the KL, entropy and LM
+    terms keep the untruncated ones. None: untruncated everywhere."""
 
 
 def response_logits(model: Any, mb: MicroBatch, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -79,9 +89,15 @@ def compute_logprobs(
     micro_batch_tokens: int,
     autocast_dtype: torch.dtype | None = None,
     rows: list[int] | None = None,
+    support: SamplingSupport | None = None,
 ) -> torch.Tensor:
     """Per-token logprobs [B, T] of the batch's responses under ``model`` (no gradient); with
-    ``rows``, only those rows are computed (the others stay 0)."""
+    ``rows``, only those rows are computed (the others stay 0). With ``support``, those of the
+    top-k / top-p truncated distribution (``-inf`` outside it), 0 on padding."""
+    if support is not None:
+        return compute_logprobs_in_support(
+            model, batch, temperature, micro_batch_tokens, support, autocast_dtype, rows
+        )[0]
     out = torch.zeros_like(batch.old_logprobs)
     chosen = range(batch.size) if rows is None else rows
     for mb in aligned_micro_batches(batch, chosen, micro_batch_tokens):
@@ -91,6 +107,36 @@ def compute_logprobs(
         lp = token_logprobs(logits, response_targets(mb), temperature=temperature)
         out[mb.rows, : mb.response_width] = lp.float()
     return out * batch.response_mask
+
+
+@torch.no_grad()
+def compute_logprobs_in_support(
+    model: Any,
+    batch: RolloutBatch,
+    temperature: float,
+    micro_batch_tokens: int,
+    support: SamplingSupport,
+    autocast_dtype: torch.dtype | None = None,
+    rows: list[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(truncated, untruncated) per-token logprobs [B, T] from one forward pass (no gradient): under
+    the top-k / top-p truncated distribution of ``support`` (``-inf`` outside it) and under
+    ``softmax(logits / temperature)``. Padding is 0 in both (``torch.where``: never ``-inf * 0``)."""
+    truncated = torch.zeros_like(batch.old_logprobs)
+    untruncated = torch.zeros_like(batch.old_logprobs)
+    chosen = range(batch.size) if rows is None else rows
+    for mb in aligned_micro_batches(batch, chosen, micro_batch_tokens):
+        logits = response_logits(model, mb, autocast_dtype)
+        if mb.is_idle:
+            continue
+        targets, width = response_targets(mb), mb.response_width
+        untruncated[mb.rows, :width] = token_logprobs(logits, targets, temperature=temperature).float()
+        truncated[mb.rows, :width] = truncated_token_logprobs(
+            logits, targets, temperature=temperature, top_k=support.top_k, top_p=support.top_p
+        ).float()
+    keep = batch.response_mask > 0
+    zero = torch.zeros((), dtype=truncated.dtype, device=truncated.device)
+    return torch.where(keep, truncated, zero), torch.where(keep, untruncated, zero)
 
 
 def rows_with_gradient(
@@ -229,6 +275,7 @@ def policy_update(
         select_hp = hyperparameters_for(select_tokens, algorithm, (*POLICY_LOSS_TENSOR_ARGS, *SELECTION_ARGS))
         positions = torch.tensor(global_row_positions(batch.row_keys)[0], dtype=torch.long)
 
+    support = settings.support  # replay the rollout's top-k / top-p in the ratio (sampling_support)
     model.train()
     for rows in schedule:
         row_list = rows.tolist()
@@ -240,11 +287,19 @@ def policy_update(
                 settings.micro_batch_tokens,
                 settings.autocast_dtype,
                 row_list,
+                support,
             )
+            selected_old = batch.old_logprobs[rows]
+            if support is not None:  # the covariance of a -inf logprob would be NaN
+                current_rows, selected_old, _ = neutralize_outside_support(
+                    current[rows], selected_old, batch.response_mask[rows]
+                )
+                current = current.clone()
+                current[rows] = current_rows
             selection = torch.zeros_like(batch.response_mask, dtype=torch.bool)
             selection[rows] = select_tokens(
                 logprobs=current[rows],
-                old_logprobs=batch.old_logprobs[rows],
+                old_logprobs=selected_old,
                 advantages=batch.extra["advantages"][rows],
                 mask=batch.response_mask[rows],
                 positions=positions[rows],
@@ -282,10 +337,20 @@ def policy_update(
             mask = batch.response_mask[mb.rows, :t]
             logits = response_logits(model, mb, settings.autocast_dtype)
             logprobs = token_logprobs(logits, response_targets(mb), temperature=settings.temperature)
+            full_logprobs = logprobs  # untruncated: the KL and LM terms read these
+            old_logprobs = batch.old_logprobs[mb.rows, :t]
             advantages, mismatch_metrics = batch.extra["advantages"][mb.rows, :t], {}
+            if support is not None:  # the ratio of the truncated distributions the tokens came from
+                logprobs = truncated_token_logprobs(
+                    logits,
+                    response_targets(mb),
+                    temperature=settings.temperature,
+                    top_k=support.top_k,
+                    top_p=support.top_p,
+                )
             if correct_mismatch:
                 fix = mismatch_correction(
-                    old_logprobs=batch.old_logprobs[mb.rows, :t],
+                    old_logprobs=old_logprobs,
                     rollout_logprobs=rollout_logprobs[mb.rows, :t],
                     logprobs=logprobs,
                     advantages=advantages,
@@ -293,9 +358,13 @@ def policy_update(
                     **mismatch_hp,
                 )
                 advantages, mismatch_metrics = fix.advantages, fix.metrics
+            if support is not None:  # -inf outside the support never reaches the loss
+                logprobs, old_logprobs, outside = neutralize_outside_support(logprobs, old_logprobs, mask)
+                share = outside.sum() / mask.sum().clamp(min=1)
+                mismatch_metrics["sampling/outside_support_fraction"] = share
             out = loss_fn(
                 logprobs=logprobs,
-                old_logprobs=batch.old_logprobs[mb.rows, :t],
+                old_logprobs=old_logprobs,
                 advantages=advantages,
                 mask=mask,
                 num_tokens=num_tokens,
@@ -309,7 +378,7 @@ def policy_update(
             policy_loss_sum += float(out.loss.detach())  # micro-batch losses are parts of one sum
             if use_kl_loss:
                 kl = kl_loss(
-                    logprobs=logprobs,
+                    logprobs=full_logprobs,
                     ref_logprobs=batch.extra["ref_logprobs"][mb.rows, :t],
                     mask=mask,
                     num_tokens=num_tokens,
@@ -333,7 +402,7 @@ def policy_update(
                 step_metrics["entropy/mean"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
             if algorithm.lm_coef > 0:
                 lm = positive_lm_loss(
-                    logprobs=logprobs,
+                    logprobs=full_logprobs,
                     mask=mask,
                     correct=batch.correct[mb.rows],
                     num_tokens=correct_tokens,
