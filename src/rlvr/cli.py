@@ -445,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
         "name",
         nargs="?",
         default="toy",
-        help="toy: 2-digit addition, terse; toy-long: answers of varying length",
+        help="toy: 2-digit addition, terse; toy-long: answers of varying length; toy-tool: 4-5 digit "
+        "addition, with a calculator it rarely calls",
     )
     build.add_argument("--output", default=None, help="directory (default: the shipped model's)")
     build.add_argument("--seed", type=int, default=0)

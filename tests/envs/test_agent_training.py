@@ -131,5 +131,12 @@ def test_agent_recipe_trains_a_few_steps(tmp_path, overrides):
     for key in ("env/turns", "env/tool_calls", "env/tokens_generated", "env/tokens_observed", "env/errors"):
         assert key in step
     assert step["env/turns"] >= 1 and step["env/errors"] == 0
+    assert 0.0 <= step["reward/accuracy"] <= 1.0 and "reward/total" in step  # the environments' verdicts
+    assert step["reward/outcome/correct"] == step["reward/accuracy"]
+    before = next(
+        r for r in rows if r.get("step") == 0 and "eval/accuracy" in r
+    )  # evaluated in the environment
+    turns = [k for k in before if k.startswith("eval/") and k.endswith("/turns_mean")]
+    assert turns and before[turns[0]] >= 1 and 0.0 <= before["eval/accuracy"] <= 1.0
     sample = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
     assert [m["role"] for m in sample["conversation"]][:2] == ["user", "assistant"]

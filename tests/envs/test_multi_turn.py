@@ -9,6 +9,8 @@ import torch
 from env_fixtures import EchoEnv, FaultyEnv, chat_tokenizer, plain_tokenizer, problems, tiny_model
 
 from rlvr.algorithms.entropy import token_logprobs
+from rlvr.envs.base import StepResult
+from rlvr.rollout import multi_turn
 from rlvr.rollout.hf_engine import HFEngine
 from rlvr.rollout.multi_turn import MultiTurnRunner, TurnLimits
 from rlvr.rollout.turn_format import make_format
@@ -69,6 +71,59 @@ def test_kv_continuation_equals_full_reforward_and_trainer_logprobs(plain, decod
     )
     ratio = (recomputed - batch.old_logprobs).exp()[batch.response_mask.bool()]
     torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-5, rtol=1e-5)
+
+
+class UnevenEnv(EchoEnv):
+    """EchoEnv whose observations have a length of their own per trajectory (1 to 21 tokens)."""
+
+    def reset(self, problem: Problem, seed: int):
+        self.size = 5 * (seed % 5)
+        return super().reset(problem, seed)
+
+    def step(self, action: str) -> StepResult:
+        _observation, *rest = super().step(action)
+        return StepResult("7" * self.size + "\n", *rest)
+
+
+@pytest.mark.parametrize("decoder", ["auto", "transformers"])
+def test_observations_of_unequal_lengths_are_appended_in_one_forward(plain, decoder, monkeypatch):
+    """Observations of different lengths reach the cache in one forward per environment step, beside
+    rows still sampling: the logprobs equal a full re-forward, and the same seed gives the same
+    trajectories."""
+    tok, model = plain
+    calls = []
+
+    def recording(model, choice="auto"):
+        inner = make_decoder(model, choice)
+        extend = inner.extend
+
+        def record(chunks, positions):
+            calls.append([len(c) for c in chunks])
+            return extend(chunks, positions)
+
+        inner.extend = record
+        return inner
+
+    make_decoder = multi_turn.make_decoder
+    monkeypatch.setattr(multi_turn, "make_decoder", recording)
+    engine = HFEngine(model, tok, decoder=decoder)
+    trajs = run(engine, env=UnevenEnv, n=3, count=4, seed=1)
+    # one call with observations of several lengths, and one that also steps rows in mid-turn
+    assert any(len({c for c in counts if c > 1}) > 1 for counts in calls), calls
+    assert any(1 in counts and max(counts) > 1 for counts in calls), calls
+    fmt = make_format("plain", tok)
+    for t in trajs:
+        fed = [m["content"] for m in t.conversation if m["role"] == "tool"]
+        segments = _observation_segments(t)
+        assert segments == [fmt.observation_ids(o, "tool", False) for o in fed[: len(segments)]]
+        mask = torch.tensor(t.mask, dtype=torch.bool)
+        full = full_forward_logprobs(model, t, 1.0)
+        torch.testing.assert_close(full[mask], torch.tensor(t.logprobs)[mask], atol=1e-5, rtol=1e-5)
+    assert len({len(s) for t in trajs for s in _observation_segments(t)}) > 2
+    again = run(engine, env=UnevenEnv, n=3, count=4, seed=1)
+    assert [(t.token_ids, t.mask, t.logprobs, t.truncation) for t in again] == [
+        (t.token_ids, t.mask, t.logprobs, t.truncation) for t in trajs
+    ]
 
 
 def _observation_segments(traj):

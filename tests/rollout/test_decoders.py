@@ -106,6 +106,50 @@ def test_decoding_with_dropped_rows_equals_the_full_forward(family, prompt_lengt
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("prompt_lengths", [(4, 4), (3, 7, 1)])
+def test_chunks_of_unequal_lengths_equal_the_full_forward(family, prompt_lengths):
+    """``extend`` with chunks of unequal lengths (some rows one token, some several), between
+    one-token steps and dropped rows: every row's logits are those of a plain forward over its own
+    tokens, with both decoders."""
+    model = build(family)
+    generator = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(1, VOCAB, (n,), generator=generator).tolist() for n in prompt_lengths]
+    ids, attention, positions = left_padded(prompts)
+    n = 2
+    ours, theirs = LlamaFamilyDecoder(model), TransformersDecoder(model)
+    # per call, the tokens appended to each row (cycled over the rows): 1 is a plain step's token
+    plan = [[1], [3, 1, 6], [4, 6, 1, 4], [1], [2, 2, 2], [1, 5], [1], [4, 1, 1, 7], [1]]
+    with torch.no_grad():
+        for d in (ours, theirs):
+            d.prefill(ids, attention, positions)
+            d.repeat(n, room=4)  # fewer than the tokens below: the cache must grow
+        sequences = [list(prompts[r // n]) for r in range(len(prompts) * n)]
+        rows = list(range(len(sequences)))
+        next_position = positions[:, -1].repeat_interleave(n) + 1
+        for call, lengths in enumerate(plan):
+            if call == 6:  # drop the first row
+                keep = torch.arange(1, len(rows))
+                for d in (ours, theirs):
+                    d.keep(keep)
+                rows, next_position = rows[1:], next_position[keep]
+            counts = [lengths[a % len(lengths)] for a in range(len(rows))]
+            chunks = [torch.randint(1, VOCAB, (c,), generator=generator).tolist() for c in counts]
+            for r, chunk in zip(rows, chunks, strict=True):
+                sequences[r] += chunk
+            logits = [d.extend(chunks, next_position) for d in (ours, theirs)]
+            torch.testing.assert_close(logits[0], logits[1], atol=1e-5, rtol=1e-5)
+            for a, r in enumerate(rows):
+                expected = full_forward_logits(model, sequences[r])[-1]
+                torch.testing.assert_close(logits[0][a], expected, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(logits[1][a], expected, atol=1e-5, rtol=1e-5)
+            next_position = next_position + torch.tensor(counts)
+            if call == 2 and len(rows) == 4:  # the rows are of one length again
+                assert ours.lengths is None
+            if call == 1:
+                assert ours.lengths is not None
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_engine_gives_the_same_completions_with_either_decoder(family):
     model = build(family, seed=3)
     prompts = [TOKENIZER(p)["input_ids"] for p in ("17+25=", "3+4=", "100*7=12")]

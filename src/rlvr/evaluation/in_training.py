@@ -10,6 +10,11 @@ metrics:
 * ``eval/accuracy``: avg@n averaged over the benchmarks (each counts once), and
   ``eval/length_mean``.
 
+A run with an environment (``env.name``) is evaluated in it, as ``rlvr eval`` evaluates a run
+directory (:mod:`rlvr.evaluation.trajectories`): n trajectories per problem, avg@n and pass@k of
+the environment's verdicts, and what the trajectories did (``turns_mean``, ``tool_calls_mean``,
+``truncation_rate``, ``error_rate``, ...).
+
 :class:`BestModel` keeps the model with the best value of ``eval.best_metric`` in ``RUN_DIR/best``
 (a Hugging Face model directory, replaced atomically, with ``best.json`` naming the step and value).
 """
@@ -85,6 +90,11 @@ class TrainingEvaluator:
             max_prompt_tokens=r.max_prompt_tokens,
         )
         self.seed = config.training.seed + 1
+        self.runners = None
+        if config.env.name is not None:  # evaluated in the environment it trains in
+            from rlvr.evaluation.trajectories import env_runner
+
+            self.runners = [env_runner(config.env, s, self.settings.max_new_tokens) for s in self.sets]
 
     def check_prompts(self, tokenizer: Any) -> None:
         """Every benchmark prompt within ``rollout.max_prompt_tokens``: an error naming the problem now,
@@ -96,11 +106,21 @@ class TrainingEvaluator:
 
     def __call__(self, engine: Any, tokenizer: Any) -> dict[str, float]:
         results = {}
-        for eval_set, reward in zip(self.sets, self.rewards, strict=True):
+        for i, (eval_set, reward) in enumerate(zip(self.sets, self.rewards, strict=True)):
             mine = list(range(rank(), len(eval_set.problems), world_size()))
-            records = generate_records(engine, tokenizer, eval_set, reward, mine, self.settings, self.seed)
+            if self.runners is not None:
+                records = self._play(engine, tokenizer, self.runners[i], eval_set, mine)
+            else:
+                records = generate_records(
+                    engine, tokenizer, eval_set, reward, mine, self.settings, self.seed
+                )
             everything = [r for part in gather_objects(records) for r in part]  # type: ignore[union-attr]
-            results[eval_set.name] = summarize(everything, equivalence=eval_set.equivalence)
+            if self.runners is not None:
+                from rlvr.evaluation.trajectories import summarize_trajectories
+
+                results[eval_set.name] = summarize_trajectories(everything)
+            else:
+                results[eval_set.name] = summarize(everything, equivalence=eval_set.equivalence)
         if not results:
             return {}
         metrics: dict[str, float] = {}
@@ -109,8 +129,20 @@ class TrainingEvaluator:
         macro = macro_average(results)
         n = next(iter(results.values()))["samples_per_problem"]
         metrics["eval/accuracy"] = macro[f"avg@{n}"]
-        metrics["eval/length_mean"] = macro["length_mean"]
+        if "length_mean" in macro:
+            metrics["eval/length_mean"] = macro["length_mean"]
         return metrics
+
+    def _play(
+        self, engine: Any, tokenizer: Any, runner: Any, eval_set: EvalSet, mine: list[int]
+    ) -> list[dict]:
+        """Trajectory records of problems ``mine`` played in the environment (the environment's stop
+        strings end the turns)."""
+        from rlvr.evaluation.trajectories import trajectory_records
+
+        sampling = self.settings.sampling((), self.seed)
+        trajectories = runner.run(engine, [eval_set.problems[i] for i in mine], sampling) if mine else []
+        return trajectory_records(eval_set, mine, trajectories, sampling.n, tokenizer)
 
 
 class BestModel:

@@ -247,7 +247,7 @@ class CompositeReward:
         if outcomes is not None:
             for outcome in OUTCOMES:
                 means[f"reward/outcome/{outcome}"] = [float(o == outcome) for o in outcomes]
-        metrics = _global_means(means, n)
+        metrics = global_means(means, n)
         metrics.update(extra_metrics)
         return RewardResult(
             values=total,
@@ -259,7 +259,7 @@ class CompositeReward:
         )
 
 
-def _global_means(columns: dict[str, list[float]], n: int) -> dict[str, float]:
+def global_means(columns: dict[str, list[float]], n: int) -> dict[str, float]:
     """Mean of each column over the completions of all ranks (one all-reduce for all of them)."""
     sums = [math.fsum(column) for column in columns.values()]
     reduced = all_reduce_sum(torch.tensor([*sums, float(n)], dtype=torch.float64))

@@ -1,5 +1,6 @@
 """Forward passes over a KV cache for the rollout engine: the prefill of a batch of prompts, then
-one new token per row at a time, with rows leaving the batch as their completions end.
+one new token per row at a time, with rows leaving the batch as their completions end, and (for
+multi-turn rollouts) chunks of several tokens appended to some rows at once.
 
 Two implementations with one interface (:class:`Decoder`):
 
@@ -58,6 +59,12 @@ class Decoder(Protocol):
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Append one token per row (``tokens`` [A] at ``positions`` [A]); logits [A, V]."""
+        ...
+
+    def extend(self, chunks: list[list[int]], positions: torch.Tensor) -> torch.Tensor:
+        """Append ``chunks[a]`` (one or more tokens; rows may differ in length) to row ``a``, its
+        first token at ``positions[a]`` and the next ones after it; the logits of each row's last
+        token [A, V] (no other position goes through the output projection)."""
         ...
 
 
@@ -163,6 +170,34 @@ class TransformersDecoder:
         self.cache = out.past_key_values
         return out.logits[:, -1, :]
 
+    def extend(self, chunks: list[list[int]], positions: torch.Tensor) -> torch.Tensor:
+        """One forward of the chunks left-padded to the longest: a ``DynamicCache`` grows by the same
+        number of positions in every row, so a shorter chunk's padding stays in the cache as
+        positions the attention mask hides, as a prompt's left padding does."""
+        width = max(len(c) for c in chunks)
+        if width == 1:
+            return self.step(torch.tensor([c[0] for c in chunks], device=positions.device), positions)
+        device = positions.device
+        pad = [width - len(c) for c in chunks]
+        input_ids = torch.tensor(
+            [[c[0]] * p + list(c) for c, p in zip(chunks, pad, strict=True)], device=device
+        )
+        new = torch.tensor([[0] * p + [1] * (width - p) for p in pad], device=device)
+        if self.attention is None:
+            self.attention = new.new_ones((len(chunks), self.cache.get_seq_length()))
+        self.attention = torch.cat([self.attention, new], dim=-1)
+        offsets = torch.arange(width, device=device)[None, :] - torch.tensor(pad, device=device)[:, None]
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=self.attention,
+            position_ids=positions[:, None] + offsets.clamp(min=0),
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.cache = out.past_key_values
+        return out.logits[:, -1, :]
+
 
 def _linear(module: Any, x: torch.Tensor) -> torch.Tensor:
     if type(module) is torch.nn.Linear:
@@ -217,6 +252,14 @@ class LlamaFamilyDecoder:
     itself). Memory: the cache at full capacity for every layer, plus that one-layer scratch (what
     ``rlvr plan`` counts). When a row is padded, ``key_mask`` [rows, capacity] marks its real
     positions and attention skips the others; with no padding no mask is built at all.
+
+    :meth:`extend` appends chunks of unequal lengths (a multi-turn rollout's observations): from
+    then on, until the rows are of one length again, each row has its own length (``lengths``
+    [rows]; None while they are all ``length``). A row's new keys and values are written right
+    after its own last position, so its cache has no gap; a shorter chunk is right-padded, and the
+    padding's keys and values land past the row's end, where the mask (keys up to the query's own
+    position) hides them and the row's next tokens overwrite them. Rows with one token and rows
+    with a longer chunk go through separate forwards, so a row in mid-turn computes no padding.
     """
 
     def __init__(self, model: Any) -> None:
@@ -231,7 +274,8 @@ class LlamaFamilyDecoder:
         self.keys: list[torch.Tensor] = []  # per layer [A, kv_heads, capacity or length, head_dim]
         self.values: list[torch.Tensor] = []
         self.key_mask: torch.Tensor | None = None  # [A, capacity or length] bool
-        self.length = 0
+        self.length = 0  # positions in use: those of every row, or of the longest (see lengths)
+        self.lengths: torch.Tensor | None = None  # [A] long: each row's positions, when they differ
         self._buffers: list[torch.Tensor] = []  # keys then values of every layer, [rows, ...]
         self._scratch: dict[torch.dtype, torch.Tensor] = {}  # under autocast keys are float32, values not
 
@@ -239,7 +283,7 @@ class LlamaFamilyDecoder:
         self, input_ids: torch.Tensor, attention: torch.Tensor | None, positions: torch.Tensor
     ) -> torch.Tensor:
         width = input_ids.shape[1]
-        self.keys, self.values, self.length = [], [], 0
+        self.keys, self.values, self.length, self.lengths = [], [], 0, None
         self._buffers, self._scratch = [], {}
         mask: torch.Tensor | None = None
         self.key_mask = None
@@ -275,12 +319,86 @@ class LlamaFamilyDecoder:
         self.keys, self.values = caches[:half], caches[half:]
         if self.key_mask is not None:
             self.key_mask = self.key_mask.index_select(0, rows)
+        if self.lengths is not None:
+            self._set_lengths(self.lengths.index_select(0, rows))
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         if not self._buffers or self.length + 1 > self.keys[0].shape[2]:
             self._allocate(self.rows, self.length + _ROOM, lambda t: t)
+        if self.lengths is not None:
+            ones = torch.ones_like(self.lengths)
+            logits, lengths = self._append(None, tokens[:, None], positions[:, None], self.lengths, ones)
+            self._set_lengths(lengths)
+            return logits
         mask = None if self.key_mask is None else self.key_mask[:, None, None, : self.length + 1]
         return self._forward(tokens[:, None], positions[:, None], mask, causal=False)
+
+    def extend(self, chunks: list[list[int]], positions: torch.Tensor) -> torch.Tensor:
+        device = positions.device
+        width = max(len(c) for c in chunks)
+        if width == 1:
+            return self.step(torch.tensor([c[0] for c in chunks], device=device), positions)
+        if not self._buffers or self.length + width > self.keys[0].shape[2]:
+            self._allocate(self.rows, self.length + width + _ROOM, lambda t: t)
+        if self.lengths is None:  # rows of unequal lengths from now on
+            for buffer in self._buffers:  # past the end: zeros, never uninitialised memory (NaN)
+                buffer[:, :, self.length :].zero_()
+            self.lengths = torch.full((self.rows,), self.length, dtype=torch.long, device=device)
+        counts = torch.tensor([len(c) for c in chunks], device=device)
+        longer = [a for a, c in enumerate(chunks) if len(c) > 1]
+        single = [a for a, c in enumerate(chunks) if len(c) == 1]
+        lengths, out = self.lengths, None
+        for group, w in ((longer, width), (single, 1)):  # the two groups touch disjoint rows
+            if not group:
+                continue
+            index = torch.tensor(group, device=device)
+            rows = None if len(group) == len(chunks) else index
+            ids = torch.tensor(
+                [chunks[a] + [chunks[a][-1]] * (w - len(chunks[a])) for a in group], device=device
+            )
+            count = counts[index]
+            offsets = torch.minimum(torch.arange(w, device=device)[None, :], (count - 1)[:, None])
+            starts = self.lengths if rows is None else self.lengths.index_select(0, rows)
+            logits, grown = self._append(rows, ids, positions[index][:, None] + offsets, starts, count)
+            lengths = grown if rows is None else lengths.index_copy(0, rows, grown)
+            if out is None:
+                out = logits.new_empty((len(chunks), logits.shape[-1]))
+            out[index] = logits
+        assert out is not None
+        self._set_lengths(lengths)
+        return out
+
+    def _append(
+        self,
+        rows: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        starts: torch.Tensor,
+        counts: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``input_ids`` [R, W] (row ``r``'s first ``counts[r]`` tokens are real, the rest
+        padding) into cache rows ``rows`` [R] (None: every row) from position ``starts[r]`` on; the
+        logits of each row's last real token [R, V] and the rows' new lengths [R]. The buffers have
+        room for ``max(starts) + W``; the caller records the lengths."""
+        width = input_ids.shape[1]
+        slots = starts[:, None] + torch.arange(width, device=starts.device)  # [R, W]
+        end = int(starts.max()) + width
+        # a query sees its row's keys up to its own position: the row's past and its chunk so far
+        mask = torch.arange(end, device=starts.device)[None, None, :] <= slots[:, :, None]  # [R, W, end]
+        if self.key_mask is not None:  # and not the padding of its prompt
+            key_mask = (
+                self.key_mask[:, :end] if rows is None else self.key_mask[:, :end].index_select(0, rows)
+            )
+            mask = mask & key_mask[:, None, :]
+        logits = self._forward(
+            input_ids, positions, mask[:, None], causal=False, rows=rows, slots=slots, last=counts - 1
+        )
+        return logits, starts + counts
+
+    def _set_lengths(self, lengths: torch.Tensor) -> None:
+        """Each row's length; back to one length for all when they agree."""
+        self.length = int(lengths.max())
+        self.lengths = None if int(lengths.min()) == self.length else lengths
 
     def _allocate(self, rows: int, capacity: int, spread: Any) -> None:
         """New buffers of ``rows`` x ``capacity``, holding ``spread`` of the current cache."""
@@ -291,6 +409,8 @@ class LlamaFamilyDecoder:
             heads, dim = cache.shape[1], cache.shape[3]
             buffer = cache.new_empty((rows, heads, capacity, dim))
             buffer[:, :, :length] = spread(cache[:, :, :length])
+            if self.lengths is not None:  # rows shorter than length attend up to their own end only
+                buffer[:, :, length:].zero_()
             self._buffers.append(buffer)
         half = len(caches) // 2
         self.keys, self.values = self._buffers[:half], self._buffers[half:]
@@ -302,13 +422,29 @@ class LlamaFamilyDecoder:
             mask = self.key_mask.new_ones((rows, capacity))
             mask[:, :length] = spread(self.key_mask[:, :length])
             self.key_mask = mask
+        if self.lengths is not None:
+            self.lengths = spread(self.lengths)
 
     @torch.no_grad()
     def _forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, causal: bool
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        causal: bool,
+        *,
+        rows: torch.Tensor | None = None,
+        slots: torch.Tensor | None = None,
+        last: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        rows, width = input_ids.shape
+        """The layers over ``input_ids`` [R, T]; the logits of column ``last[r]`` of each row (None:
+        the last column) [R, V]. The new keys and values go to positions ``[length, length + T)`` of
+        every row, or with ``slots`` [R, T] to those positions of cache rows ``rows`` [R] (None: all)."""
+        count, width = input_ids.shape
         start, end = self.length, self.length + width
+        if slots is not None:
+            end = int(slots.max()) + 1
+            index = (rows if rows is not None else torch.arange(count, device=slots.device))[:, None]
         x = self.inner.embed_tokens(input_ids)  # [A, T, H]
         cos, sin = self.inner.rotary_emb(x, positions)  # [A, T, head_dim]
         cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
@@ -317,9 +453,9 @@ class LlamaFamilyDecoder:
             attn = layer.self_attn
             dim = attn.head_dim
             h = _rms_norm(layer.input_layernorm, x)
-            q = _linear(attn.q_proj, h).view(rows, width, self.heads, dim)
-            k = _linear(attn.k_proj, h).view(rows, width, self.kv_heads, dim)
-            v = _linear(attn.v_proj, h).view(rows, width, self.kv_heads, dim).transpose(1, 2)
+            q = _linear(attn.q_proj, h).view(count, width, self.heads, dim)
+            k = _linear(attn.k_proj, h).view(count, width, self.kv_heads, dim)
+            v = _linear(attn.v_proj, h).view(count, width, self.kv_heads, dim).transpose(1, 2)
             if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm of each head's query and key
                 q, k = _rms_norm(attn.q_norm, q), _rms_norm(attn.k_norm, k)
             q = _rotate(q.transpose(1, 2), cos, sin)  # [A, heads, T, dim]
@@ -327,18 +463,26 @@ class LlamaFamilyDecoder:
             if first:  # the prefill: the cache is exactly the prompt
                 self.keys.append(k.contiguous())
                 self.values.append(v.contiguous())
-            else:
+            elif slots is None:
                 self.keys[i][:, :, start:end] = k
                 self.values[i][:, :, start:end] = v
+            else:  # indexed by [R, 1] and [R, T] around the heads: [R, T, kv_heads, dim]
+                self.keys[i][index, :, slots] = k.transpose(1, 2).to(self.keys[i].dtype)
+                self.values[i][index, :, slots] = v.transpose(1, 2).to(self.values[i].dtype)
+            keys, values = self.keys[i][:, :, :end], self.values[i][:, :, :end]
+            if rows is not None:
+                keys, values = keys.index_select(0, rows), values.index_select(0, rows)
             o = F.scaled_dot_product_attention(
                 q,
-                self.keys[i][:, :, :end],
-                self.values[i][:, :, :end],
+                keys,
+                values,
                 attn_mask=mask,
                 is_causal=causal and width > 1,
                 enable_gqa=self.heads != self.kv_heads,
             )
-            x = x + _linear(attn.o_proj, o.transpose(1, 2).reshape(rows, width, self.heads * dim))
+            x = x + _linear(attn.o_proj, o.transpose(1, 2).reshape(count, width, self.heads * dim))
             x = x + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, x))
-        self.length = end
-        return _linear(self.head, _rms_norm(self.inner.norm, x[:, -1]))
+        if slots is None:
+            self.length = end
+        h = x[:, -1] if last is None else x[torch.arange(count, device=x.device), last]
+        return _linear(self.head, _rms_norm(self.inner.norm, h))

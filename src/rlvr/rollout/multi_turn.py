@@ -1,19 +1,21 @@
 """Multi-turn rollouts: the policy and one environment per trajectory take turns over one KV cache.
 
 For a batch of trajectories (``n`` per problem), each environment's first observation is the prompt;
-all prompts are prefilled together (left-padded), then decoding runs one token per trajectory per
-step, as in :class:`~rlvr.rollout.hf_engine.HFEngine`. A trajectory is always in one of two states:
-
-* generating: the token comes from the policy (sampled, with its logprob; mask 1). Its turn ends on
-  the end-of-sequence token, on one of the environment's stop strings, or at the per-turn budget;
-* observing: the token is the next of the environment's answer (mask 0, logprob 0), fed through the
-  same decode step as the other rows' sampled tokens.
+all prompts are prefilled together (left-padded), then decoding runs one sampled token per
+trajectory per step, as in :class:`~rlvr.rollout.hf_engine.HFEngine`: the token comes from the
+policy (with its logprob; mask 1). A turn ends on the end-of-sequence token, on one of the
+environment's stop strings, or at the per-turn budget.
 
 When turns end, the environments of those trajectories step together (in threads: a sandboxed tool
-is a subprocess), and each answer is tokenized (:mod:`rlvr.rollout.turn_format`) and queued as the
-trajectory's next tokens. Generation continues on the same KV cache: nothing is prefilled twice.
-A trajectory that ends (the environment terminates or truncates it, or a budget runs out) leaves the
-batch and the cache at once.
+is a subprocess), and each answer is tokenized (:mod:`rlvr.rollout.turn_format`) and appended to its
+trajectory (mask 0, logprob 0). The next forward appends to the KV cache, for such a trajectory, its
+last sampled token and the whole observation in one chunk (:meth:`~rlvr.rollout.decoders.Decoder.extend`:
+observations of unequal lengths in one forward, the logits of each chunk's last token only), and
+for every other trajectory its one sampled token; every trajectory then samples its next token, the
+first of the new turn for one that observed. Generation continues on the same KV cache: nothing is
+prefilled twice, and no decode step is spent on an observation token. A trajectory that ends (the
+environment terminates or truncates it, or a budget runs out) leaves the batch and the cache at
+once.
 
 Budgets (:class:`TurnLimits`): ``max_turns`` policy turns, ``max_turn_tokens`` sampled tokens per
 turn, ``max_context_tokens`` for prompt + everything after it. A trajectory that hits one ends as
@@ -27,7 +29,6 @@ from __future__ import annotations
 import concurrent.futures as futures
 import contextlib
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,7 +98,8 @@ class _Row:
     ids: list[int] = field(default_factory=list)
     mask: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
-    pending: deque = field(default_factory=deque)
+    pending: list[int] = field(default_factory=list)
+    """Observation tokens appended to ``ids`` and not yet fed to the model."""
     turn_start: int = 0
     """Where the current turn's sampled tokens begin in ``ids``."""
     rewards: list[float] = field(default_factory=list)
@@ -243,18 +245,13 @@ class MultiTurnRunner:
                 generator=generator,
             )
             sampled, logp = sampled.tolist(), logp.tolist()
-            feed: list[int] = []
+            feed: list[list[int]] = []  # per row, the tokens the next forward appends to its cache
             ended: list[tuple[_Row, bool, bool]] = []  # (row, ended on eos, cut by the turn budget)
             finished: set[int] = set()
             for a, row in enumerate(active):
-                if row.pending:  # observing: the environment's next token
-                    token = row.pending.popleft()
-                    row.ids.append(token), row.mask.append(0), row.logprobs.append(0.0)
-                    feed.append(token)
-                    continue
                 token = sampled[a]
                 row.ids.append(token), row.mask.append(1), row.logprobs.append(logp[a])
-                feed.append(token)
+                feed.append([token])
                 turn_tokens = len(row.ids) - row.turn_start
                 if token in eos:
                     ended.append((row, True, False))
@@ -283,8 +280,17 @@ class MultiTurnRunner:
                 active = [active[a] for a in keep]
                 feed = [feed[a] for a in keep]
                 next_position = next_position[torch.tensor(keep, device=device)]
-            logits = decoder.step(torch.tensor(feed, device=device), next_position).float()
-            next_position = next_position + 1
+            for chunk, row in zip(feed, active, strict=True):
+                chunk += row.pending  # a new observation goes in after the turn's last token
+                row.pending = []
+            if any(len(chunk) > 1 for chunk in feed):
+                logits = decoder.extend(feed, next_position).float()
+                next_position = next_position + torch.tensor([len(c) for c in feed], device=device)
+            else:
+                logits = decoder.step(
+                    torch.tensor([c[0] for c in feed], device=device), next_position
+                ).float()
+                next_position = next_position + 1
 
     def _step_envs(self, ended, pool, tokenizer, problems, n):
         """Step the environments of the turns that just ended, together; (row, result or error, cut)."""
@@ -347,8 +353,11 @@ class MultiTurnRunner:
                 self._finish(row, "context", done)
                 return True
             row.conversation.append({"role": role, "content": observation})
-            row.pending.extend(ids)
-            row.turn_start = len(row.ids) + len(ids)
+            row.ids += ids
+            row.mask += [0] * len(ids)
+            row.logprobs += [0.0] * len(ids)
+            row.pending = list(ids)
+            row.turn_start = len(row.ids)
             return False
         if observation:
             row.conversation.append(
@@ -361,7 +370,7 @@ class MultiTurnRunner:
     ) -> None:
         """Make ``row`` a :class:`Trajectory` in ``done`` and close its environment."""
         reward = float(sum(row.rewards))
-        in_turn = bool(row.ids) and not row.pending and row.turn_start < len(row.ids)
+        in_turn = bool(row.ids) and row.turn_start < len(row.ids)
         open_turn = in_turn and (not row.ends or row.ends[-1] < row.turn_start)
         done[row.index] = Trajectory(
             prompt_index=row.prompt_index,

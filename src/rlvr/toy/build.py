@@ -13,6 +13,11 @@ fine-tuning on 2-digit additions written in the R1 format (:mod:`rlvr.toy.format
 * ``toy-long`` (``model: toy-long``) writes the same working in four styles, from terse to three
   times as long, mostly the long ones; it is trained to a useful accuracy. Its answers vary in length
   for the same accuracy: the long-answer model of the long2short recipes.
+* ``toy-tool`` (``model: toy-tool``) answers 4- and 5-digit additions, which it cannot do in its
+  head, and calls the ``calculator`` environment's tool in about one answer in ten
+  (:func:`rlvr.toy.formats.tool_completion`): the start of the tool-use recipe
+  (``recipes/tool_toy.yaml``). Its build report gives its accuracy and tool-call rate as a
+  multi-turn rollout with the calculator measures them.
 
 The learning rate stays constant after a short warmup, and the run stops at a fixed step. For
 ``toy``, a schedule decayed to zero at the stopping point gives a model that is stopped in the
@@ -35,7 +40,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from rlvr.toy.formats import terse_completion, verbose_completion
+from rlvr.toy.formats import terse_completion, tool_completion, verbose_completion
 from rlvr.toy.tokenizer import build_tokenizer
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -65,10 +70,15 @@ class Toy:
 
     name: str
     directory: Path
-    completion: Callable[[str, str, random.Random], str]
-    """(question, answer, rng) -> the warm-start completion."""
+    completion: Callable[[str, str, random.Random], str | list[tuple[str, bool]]]
+    """(question, answer, rng) -> the warm-start completion: a text, or ``(text, trained)`` pieces
+    where text the model does not write (a tool's output) is in the input but not in the loss."""
     config: ToyBuildConfig = field(default_factory=ToyBuildConfig)
     summary: str = ""
+    digits: tuple[int, ...] = (2,)
+    """Operand lengths of its arithmetic problems."""
+    check: Callable[..., dict] | None = None
+    """(model, tokenizer, problems, cfg) -> extra measures for the build report."""
 
 
 TOYS: dict[str, Toy] = {
@@ -84,6 +94,15 @@ TOYS: dict[str, Toy] = {
         verbose_completion,
         ToyBuildConfig(max_positions=192, sft_steps=600, sft_lr=2e-3, eval_problems=500, max_new_tokens=160),
         summary="2-digit addition with working of varying length, mostly long (the long2short recipes)",
+    ),
+    "toy-tool": Toy(
+        "toy-tool",
+        PACKAGE_DIR / "model_tool",
+        tool_completion,
+        ToyBuildConfig(sft_steps=1000, sft_problems=4000, eval_problems=200, max_new_tokens=40),
+        summary="4-5 digit addition, answered in its head or, rarely, with a calculator call (the tool recipe)",
+        digits=(4, 5),
+        check=lambda *args: tool_use_check(*args),
     ),
 }
 """The embedded toys by the name a config gives as ``model.path``."""
@@ -119,14 +138,22 @@ def build_model(cfg: ToyBuildConfig, vocab_size: int, eos_id: int) -> Qwen2ForCa
     return Qwen2ForCausalLM(config)
 
 
-def _sft_batch(tokenizer, pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, attention mask and labels (loss on completion tokens and the EOS only)."""
+def _sft_batch(
+    tokenizer, pairs: list[tuple[str, str | list[tuple[str, bool]]]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, attention mask and labels: the loss is on the completion's trained pieces and
+    the EOS only (not on the prompt, nor on a tool's output inside the completion)."""
     rows, labels = [], []
     for question, completion in pairs:
+        pieces = [(completion, True)] if isinstance(completion, str) else completion
         q = tokenizer(question)["input_ids"]
-        c = tokenizer(completion)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append(q + c)
-        labels.append([-100] * len(q) + c)
+        row, label = list(q), [-100] * len(q)
+        for text, trained in pieces:
+            ids = tokenizer(text)["input_ids"]
+            row += ids
+            label += ids if trained else [-100] * len(ids)
+        rows.append(row + [tokenizer.eos_token_id])
+        labels.append(label + [tokenizer.eos_token_id])
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -167,7 +194,9 @@ def build_toy(
     output_dir = Path(output_dir or toy.directory)
     tokenizer = build_tokenizer()
     model = build_model(cfg, len(tokenizer), tokenizer.eos_token_id)
-    task = arithmetic_task(num_train=cfg.sft_problems, num_test=cfg.eval_problems, seed=cfg.seed + 1000)
+    task = arithmetic_task(
+        num_train=cfg.sft_problems, num_test=cfg.eval_problems, digits=toy.digits, seed=cfg.seed + 1000
+    )
     data_rng = random.Random(cfg.seed + 1)
     pairs = [(p.question, toy.completion(p.question, p.answer, data_rng)) for p in task.train]
     rng = random.Random(cfg.seed)
@@ -190,8 +219,39 @@ def build_toy(
     params = sum(p.numel() for p in model.parameters())
     report = {"name": name, "parameters": params, "greedy_accuracy_heldout": accuracy, "config": asdict(cfg)}
     log(f"{name} model: {params / 1e6:.2f}M parameters, greedy held-out accuracy {accuracy:.1%}")
+    if toy.check is not None:
+        report.update(toy.check(model, tokenizer, task.test, cfg))
+        log("  ".join(f"{k} {v:.1%}" for k, v in report.items() if k.startswith("with_calculator")))
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
     (output_dir / "toy_build.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def tool_use_check(model, tokenizer, problems, cfg: ToyBuildConfig, sampled: bool = True) -> dict[str, float]:
+    """Accuracy and tool-call rate of ``model`` as a multi-turn rollout with the ``calculator``
+    environment (one call allowed, two turns): greedy, and with ``sampled`` at temperature 1 (4 per
+    problem)."""
+    from rlvr.envs.base import env_factory
+    from rlvr.rollout.hf_engine import HFEngine
+    from rlvr.rollout.multi_turn import MultiTurnRunner, TurnLimits
+    from rlvr.rollout.types import SamplingParams
+
+    runner = MultiTurnRunner(
+        env_factory("calculator", {"max_tool_calls": 1}),
+        TurnLimits(max_turns=2, max_turn_tokens=cfg.max_new_tokens, max_context_tokens=cfg.max_positions),
+        format="plain",
+        workers=1,
+        env_name="calculator",
+    )
+    engine = HFEngine(model, tokenizer)
+    report = {}
+    for label, temperature, n in (("greedy", 0.0, 1), ("sampled", 1.0, 4))[: 2 if sampled else 1]:
+        sampling = SamplingParams(n=n, temperature=temperature, stop_strings=("</answer>",), seed=cfg.seed)
+        trajectories = runner.run(engine, problems, sampling)
+        report[f"with_calculator_{label}_accuracy"] = sum(t.correct for t in trajectories) / len(trajectories)
+        report[f"with_calculator_{label}_tool_call_rate"] = sum(t.tool_calls > 0 for t in trajectories) / len(
+            trajectories
+        )
     return report

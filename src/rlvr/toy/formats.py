@@ -16,6 +16,9 @@ words around them, so the length of an answer says nothing about whether it is r
 
 A model warm-started on this mix is the long-answer model of a long2short experiment (Kimi k1.5,
 arXiv 2501.12599, sec. 2.4): its answers are long on average while short ones would do as well.
+
+The ``toy-tool`` model answers 4- and 5-digit additions, which it cannot do in its head, and
+can call a calculator (:func:`tool_completion`) but rarely does: the tool-use recipe's start.
 """
 
 from __future__ import annotations
@@ -101,3 +104,33 @@ def warm_start_rows(problems, completion=terse_completion) -> list[dict[str, str
     """``{"prompt", "completion"}`` rows that answer ``problems`` correctly in the toy's format: the
     cold-start SFT data of the ``r1`` toy recipe (``recipes/data/r1_cold_start_toy.jsonl``)."""
     return [{"prompt": p.question, "completion": completion(p.question, p.answer)} for p in problems]
+
+
+TOOL_CALL_RATE = 0.1
+"""How often the ``toy-tool`` warm-start data chooses to call the calculator."""
+
+TOOL_USE_SHARE = 0.8
+"""The share of the ``toy-tool`` warm-start rows that show a calculator call. Copying a number from
+the question or the tool's output is learnt only from many examples, more than a 10% call rate
+gives; the choice to call (the first token, ``<think>``) is trained on just enough of these rows that
+the rows' first tokens choose the tool at :data:`TOOL_CALL_RATE`."""
+
+
+def tool_completion(question: str, answer: str, rng: random.Random) -> list[tuple[str, bool]]:
+    """The ``toy-tool`` model's answer, as ``(text, trained)`` pieces: the sum from its head, or a
+    calculator call whose result it copies (:data:`TOOL_USE_SHARE`). The tool's output is not trained
+    on (in a rollout the environment writes it), nor, on all but a few of the rows with a call, the
+    choice to call (:data:`TOOL_CALL_RATE`)::
+
+        12345+6789=  ->  <answer>19134</answer>
+        12345+6789=  ->  <think>12345+6789=  [19134]  </think><answer>19134</answer>
+    """
+    if rng.random() >= TOOL_USE_SHARE:
+        return [(f"<answer>{answer}</answer>", True)]
+    chosen = TOOL_CALL_RATE * (1 - TOOL_USE_SHARE) / (TOOL_USE_SHARE * (1 - TOOL_CALL_RATE))
+    return [
+        ("<think>", rng.random() < chosen),
+        (f"{question.rstrip('=')}=", True),
+        (answer, False),
+        (f"</think><answer>{answer}</answer>", True),
+    ]

@@ -16,8 +16,8 @@ from rlvr.errors import ConfigError
 
 
 def resolve_model_path(path: str) -> str:
-    """``toy`` and ``toy-long`` are the tiny models shipped with rlvr (:data:`rlvr.toy.build.TOYS`);
-    anything else is passed to ``from_pretrained``."""
+    """``toy``, ``toy-long`` and ``toy-tool`` are the tiny models shipped with rlvr
+    (:data:`rlvr.toy.build.TOYS`); anything else is passed to ``from_pretrained``."""
     from rlvr.toy.build import TOYS
 
     toy = TOYS.get(path)

@@ -267,12 +267,19 @@ class RolloutCollector:
 
 def score_trajectories(trajectories: list[Any]) -> tuple[RewardResult, list[bool]]:
     """The environments' verdicts on multi-turn trajectories as a :class:`RewardResult`."""
+    from rlvr.rewards.composite import OUTCOMES, global_means
+
     correct = [bool(t.correct) and t.error is None for t in trajectories]
     outcomes = [
         "error" if t.error else "correct" if c else "wrong"
         for t, c in zip(trajectories, correct, strict=True)
     ]
-    return RewardResult([float(t.reward) for t in trajectories], correct=correct, outcomes=outcomes), correct  # type: ignore[arg-type]
+    values = [float(t.reward) for t in trajectories]
+    columns = {"reward/total": values, "reward/accuracy": [float(c) for c in correct]}
+    for outcome in OUTCOMES:
+        columns[f"reward/outcome/{outcome}"] = [float(o == outcome) for o in outcomes]
+    metrics = global_means(columns, len(trajectories))  # collective: the means over every rank's
+    return RewardResult(values, metrics=metrics, correct=correct, outcomes=outcomes), correct  # type: ignore[arg-type]
 
 
 def _without_failed(group: ScoredGroup) -> ScoredGroup:
