@@ -16,6 +16,7 @@ ablation runs beside its preset with the same seed:
 
     python benchmarks/preset_learning.py --steps 100 [--presets grpo,dapo] [--output FILE.md]
     python benchmarks/preset_learning.py --steps 100 --presets ppo,vapo,vapo+critic.pretrain_steps=0
+    python benchmarks/preset_learning.py --steps 100 --presets "grpo,spo_tree+algorithm.spo_tree=[4,4]"
 """
 
 from __future__ import annotations
@@ -76,6 +77,18 @@ def run_overrides(run: str, steps: int, output_dir: Path) -> list[str]:
     ]
 
 
+def split_runs(text: str) -> list[str]:
+    """The comma-separated runs of ``--presets``; a comma inside brackets belongs to a list value
+    (``spo_tree+algorithm.spo_tree=[4,4]``)."""
+    runs, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            runs.append(text[start:i])
+            start = i + 1
+    return [run for run in [*runs, text[start:]] if run]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,7 +103,7 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="also write the markdown table here")
     args = parser.parse_args()
     runs = (
-        args.presets.split(",")
+        split_runs(args.presets)
         if args.presets
         else [n for n in PRESETS.names() if not needs_critic(PRESETS.get(n).algorithm)]
     )

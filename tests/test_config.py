@@ -102,7 +102,7 @@ def test_every_numeric_setting_has_its_range_checked_at_load(key):
     # NaN is out of every range: each numeric key, wherever it lives, must be refused by name.
     section, name = key.split(".")
     value = getattr(getattr(Config(), section), name)
-    nan = [float("nan")] * len(value) if isinstance(value, tuple) else float("nan")
+    nan = [float("nan")] * max(1, len(value)) if isinstance(value, tuple) else float("nan")
     config = Config()
     changed = dataclasses.replace(getattr(config, section), **{name: nan})  # AlgorithmConfig is frozen
     config = dataclasses.replace(config, **{section: changed})

@@ -34,7 +34,7 @@ def test_the_papers_recipes_are_all_there():
         "clip_cov",
         "kl_cov",
         "opd",
-        *("dppo", "sapo", "gmpo", "maxrl", "gdpo", "passk"),
+        *("dppo", "sapo", "gmpo", "maxrl", "gdpo", "passk", "spo", "spo_tree"),
     }
     assert set(NAMES) == expected
 
@@ -183,6 +183,8 @@ def test_second_round_presets_fix_their_papers_components():
         "maxrl": ("maxrl", "ppo_clip"),
         "gdpo": ("gdpo", "ppo_clip"),
         "passk": ("passk", "ppo_clip"),
+        "spo": ("spo", "ppo_clip"),
+        "spo_tree": ("spo", "ppo_clip"),
     }
     for name, (advantage, loss) in expected.items():
         cfg = get_preset(name).algorithm

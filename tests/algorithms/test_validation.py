@@ -155,6 +155,8 @@ def test_loop_level_fields_are_real_fields_and_not_hidden_function_arguments():
         "filters",
         "loss_norm_length",
         "replay_sampling_support",
+        "spo_continuations",
+        "spo_tree_segment_tokens",
     }
     readers = field_readers()
     assert readers["cppo_pruning_rate"] == ["group filter 'cppo'"]

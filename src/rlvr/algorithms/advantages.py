@@ -42,10 +42,14 @@ ADVANTAGE_TENSOR_ARGS: tuple[str, ...] = (
     "values",
     "reward_components",
     "reward_weights",
+    "sampling_logprobs",
+    "cut_values",
 )
 """The tensor arguments of the estimators; every other keyword is a hyperparameter. The first four
 are every estimator's; ``reward_components`` [B, K] and ``reward_weights`` [K] are passed only to
-an estimator marked ``takes_reward_components`` (GDPO, :mod:`rlvr.algorithms.group_estimators`)."""
+an estimator marked ``takes_reward_components`` (GDPO, :mod:`rlvr.algorithms.group_estimators`);
+``sampling_logprobs`` and ``cut_values`` [B, T] only to one marked ``takes_cut_values`` (SPO,
+:mod:`rlvr.algorithms.spo`)."""
 
 ESTIMATORS_NEEDING_VALUES: set[str] = {"gae", "vapo"}
 """Estimators that need a critic. A user who registers a critic-based estimator adds its name."""
@@ -535,5 +539,7 @@ def vapo(
     return _output(advantages, mask, dtype, returns, **extra)
 
 
-# REINFORCE++-baseline, MaxRL, GDPO and pass@k live in their own module and register on import.
+# REINFORCE++-baseline, MaxRL, GDPO and pass@k live in their own module and register on import;
+# so does SPO (segment advantages from Monte Carlo values).
 from rlvr.algorithms import group_estimators as _group_estimators  # noqa: E402,F401
+from rlvr.algorithms import spo as _spo  # noqa: E402,F401

@@ -28,7 +28,7 @@ class AlgorithmConfig:
     # --- advantage estimator -------------------------------------------------------------
     advantage: str = "grpo"
     """Advantage estimator: grpo | dr_grpo | rloo | reinforce | reinforce_pp | reinforce_pp_baseline |
-    gae | vapo | kimi | maxrl | gdpo | passk | pkpo."""
+    gae | vapo | kimi | maxrl | gdpo | passk | pkpo | spo."""
     std_eps: float = 1e-6
     """grpo: epsilon added to the group standard deviation, (r - mean) / (std + std_eps)."""
     std_unbiased: bool = True
@@ -46,10 +46,33 @@ class AlgorithmConfig:
     passk_k: int = 4
     """passk, pkpo: the k of the pass@k the advantages optimise (1 <= k). passk: a group of n < k
     samples uses k = n; pkpo: k must not exceed the group size (rollout.samples_per_prompt)."""
+    spo_threshold: float = 0.9
+    """spo: rho, a response token sampled with probability below it is a cutpoint (SPO-chain, arXiv
+    2505.23564); with spo_prob_mask only these tokens are trained. In (0, 1]."""
+    spo_interval: int = 5
+    """spo: a new segment starts at every spo_interval-th cutpoint (the paper's int; 5 in its main
+    SPO-chain runs), so each segment holds that many cutpoints."""
+    spo_max_cuts: int | None = None
+    """spo: at most this many segment starts (Monte Carlo value estimates) per completion, the
+    first ones; None: no cap (the paper's). Bounds the extra rollouts with spo_continuations."""
+    spo_continuations: int = 9
+    """spo: K, the completions sampled from each cut point's prefix; V(cut) is their mean reward
+    (the paper's SPO-chain runs use 9). Each step samples K x (cut points) extra completions."""
+    spo_prob_mask: bool = True
+    """spo: the paper's probability mask: only the cutpoint tokens (probability < spo_threshold)
+    carry their segment's advantage and enter the policy loss; false trains every token."""
+    spo_tree: tuple[int, ...] = ()
+    """spo: SPO-tree's branch factors per level (the paper's 6-6-6 is [6, 6, 6]): each prompt's
+    completions are sampled as a tree of spo_tree_segment_tokens-token segments and each segment's
+    advantage is V(node) - V(parent) (rlvr.training.spo_tree). Empty: SPO-chain."""
+    spo_tree_segment_tokens: int = 30
+    """spo with spo_tree: M, the tokens of a segment on every level but the last (which runs to
+    the end of the completion); 30 in the paper's 6-6-6 short-CoT runs."""
 
     # --- policy loss ---------------------------------------------------------------------
     policy_loss: str = "ppo_clip"
-    """Surrogate: ppo_clip | gspo | cispo | kimi | clip_cov | kl_cov | dppo_tv | dppo_kl | sapo | gmpo."""
+    """Surrogate: ppo_clip | gspo | cispo | kimi | clip_cov | kl_cov | dppo_tv | dppo_kl | sapo | gmpo |
+    vespo | luspo."""
     aggregation: Aggregation = "seq-mean-token-mean"
     """How per-token losses become one number (see docs/algorithms.md, 'Aggregation')."""
     loss_norm_length: int | None = None
@@ -87,6 +110,18 @@ class AlgorithmConfig:
     """gmpo: token log-ratios are clipped at -gmpo_eps_low (ratio e^-0.4 = 0.670)."""
     gmpo_eps_high: float = 0.4
     """gmpo: token log-ratios are clipped at +gmpo_eps_high (ratio e^0.4 = 1.492)."""
+    vespo_c1_pos: float = 2.0
+    """vespo: power c1 of the kernel phi(W) = W^c1 exp(c2 (1 - W)) for A >= 0 (> 0; VESPO: 2)."""
+    vespo_c2_pos: float = 3.0
+    """vespo: decay c2 of the kernel for A >= 0 (> 0; VESPO: 3)."""
+    vespo_c1_neg: float = 3.0
+    """vespo: power c1 of the kernel for A < 0 (> 0; VESPO: 3)."""
+    vespo_c2_neg: float = 2.0
+    """vespo: decay c2 of the kernel for A < 0 (> 0; VESPO: 2)."""
+    luspo_eps_low: float = 2e-3
+    """luspo: the sequence ratio is clipped at 1 - luspo_eps_low (in [0, 1]; LUSPO: 2e-3)."""
+    luspo_eps_high: float = 2.5e-3
+    """luspo: the sequence ratio is clipped at 1 + luspo_eps_high (>= 0; LUSPO: 2.5e-3)."""
 
     # --- rollout/trainer mismatch (rlvr.algorithms.mismatch; all off by default) ----------
     mismatch_is: Literal["none", "token", "sequence", "geometric"] = "none"

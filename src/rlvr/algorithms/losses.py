@@ -484,4 +484,6 @@ for _loss in (ppo_clip, gspo, cispo, clip_cov):
     _loss.vanishes_at_zero_advantage = True  # type: ignore[attr-defined]
 
 # DPPO, SAPO and GMPO live in their own module and register into POLICY_LOSSES on import.
+# VESPO and LUSPO (sequence-level objectives) likewise.
+from rlvr.algorithms import sequence_objectives as _sequence_objectives  # noqa: E402,F401
 from rlvr.algorithms import surrogates as _surrogates  # noqa: E402,F401

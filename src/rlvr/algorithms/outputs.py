@@ -18,6 +18,9 @@ class AdvantageOutput:
     advantages: torch.Tensor
     returns: torch.Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    loss_mask: torch.Tensor | None = None
+    """[B, T] bool: the response tokens the policy loss keeps (SPO's probability mask); the loop
+    multiplies the response mask by it before the update. None keeps every response token."""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Presets of the second round of objectives: DPPO, SAPO, GMPO, MaxRL, GDPO and pass@k training.
+"""Presets of the second round of objectives: DPPO, SAPO, GMPO, MaxRL, GDPO, pass@k training and SPO.
 
 Registered into :data:`rlvr.algorithms.presets.PRESETS` on import (by :mod:`rlvr.algorithms.presets`).
 Each fixes its paper's estimator and surrogate; where a value below is rlvr's choice rather than
@@ -130,6 +130,64 @@ RECENT: tuple[Preset, ...] = (
             "k": "needs k < samples_per_prompt: with k = n every group holding one correct sample gets no signal",
             "PKPO (arXiv 2505.15201)": "optimises the same pass@k with unbiased transformed rewards: "
             "algorithm.advantage=pkpo (no preset of its own)",
+        },
+    ),
+    Preset(
+        name="spo",
+        summary="SPO-chain: segments cut at low-probability tokens, A = V(end) - V(start) from 9 rollouts per cut.",
+        citation=(
+            "Segment Policy Optimization: Effective Segment-Level Credit Assignment in RL for Large Language "
+            "Models, arXiv 2505.23564: SPO-chain (cutpoint-based partition with rho = 0.9 and int = 5, chain-based "
+            "Monte Carlo advantages, the probability mask); 9 continuations per cut point, 8 samples per prompt, "
+            "temperature 0.6, PPO clip 0.2 and the token-mean aggregation as in the authors' released configuration"
+        ),
+        algorithm=A(
+            advantage="spo",
+            spo_threshold=0.9,
+            spo_interval=5,
+            spo_max_cuts=None,
+            spo_continuations=9,
+            spo_prob_mask=True,
+            policy_loss="ppo_clip",
+            aggregation="token-mean",
+            eps_low=0.2,
+            eps_high=0.2,
+            kl_coef=0.0,
+        ),
+        settings={"rollout.samples_per_prompt": 8, "rollout.temperature": 0.6},
+        notes={
+            "cost": "each step samples spo_continuations completions from every cut point: about "
+            "(completions) x (cut points per completion) x 9 extra rollouts; algorithm.spo_max_cuts caps it",
+            "V(prompt)": "the group's mean reward (the group's samples are Monte Carlo rollouts of the prompt)",
+            "SPO-tree": "the paper's tree-based variant for long chains of thought: preset spo_tree",
+        },
+    ),
+    Preset(
+        name="spo_tree",
+        summary="SPO-tree: completions sampled as a 6-6-6 tree of 30-token segments, A = V(node) - V(parent).",
+        citation=(
+            "Segment Policy Optimization, arXiv 2505.23564: SPO-tree (tree-based segment advantages, Figure 2b) "
+            "with the probability mask; branch factors 6-6-6, 30-token segments, 16 prompts per step, "
+            "temperature 0.6, PPO clip 0.2 and token-mean as in the authors' released GSM8K configuration"
+        ),
+        algorithm=A(
+            advantage="spo",
+            spo_threshold=0.9,
+            spo_prob_mask=True,
+            spo_tree=(6, 6, 6),
+            spo_tree_segment_tokens=30,
+            policy_loss="ppo_clip",
+            aggregation="token-mean",
+            eps_low=0.2,
+            eps_high=0.2,
+            kl_coef=0.0,
+        ),
+        settings={"rollout.prompts_per_step": 16, "rollout.temperature": 0.6},
+        notes={
+            "cost": "a prompt's tree has 6 + 36 + 216 segments and up to 216 leaves (complete completions); "
+            "rollout.samples_per_prompt is not used",
+            "rows": "every segment is a row (prompt + its path as the prompt, the segment as the response), "
+            "grouped with its siblings",
         },
     ),
 )

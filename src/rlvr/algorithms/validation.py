@@ -36,10 +36,14 @@ LOOP_LEVEL_FIELDS: dict[str, str] = {
     "loss_norm_length": "the loop passes it (or rollout.max_new_tokens) as norm_length to every aggregation",
     "replay_sampling_support": "the rollout records truncated logprobs and the update replays rollout.top_k "
     "/ top_p on the policy's logprobs (rlvr.algorithms.sampling_support)",
+    "spo_continuations": "the loop samples this many continuations of each SPO cut point "
+    "(rlvr.training.segment_values)",
+    "spo_tree_segment_tokens": "SPO-tree's collector cuts the tree into segments of this many tokens "
+    "(rlvr.training.spo_tree)",
 }
 """Fields the training loop reads itself, with what it does with them."""
 
-TOKEN_LEVEL_ESTIMATORS: frozenset[str] = frozenset({"reinforce_pp", "gae", "vapo"})
+TOKEN_LEVEL_ESTIMATORS: frozenset[str] = frozenset({"reinforce_pp", "gae", "vapo", "spo"})
 """Estimators whose advantages vary along a sequence (CPPO ranks one advantage per completion)."""
 
 GROUP_RELATIVE_ESTIMATORS: frozenset[str] = frozenset(
@@ -176,6 +180,10 @@ def _check_ranges(cfg: AlgorithmConfig) -> None:
     _at_least(cfg, "dppo_ratio_cap", 1.0)
     for name in ("sapo_tau_pos", "sapo_tau_neg"):
         _at_least(cfg, name, 0.0, strict=True)
+    for name in ("vespo_c1_pos", "vespo_c2_pos", "vespo_c1_neg", "vespo_c2_neg"):
+        _at_least(cfg, name, 0.0, strict=True)
+    _between(cfg, "luspo_eps_low", 0.0, 1.0)  # the lower clip 1 - luspo_eps_low stays in [0, 1]
+    _at_least(cfg, "luspo_eps_high", 0.0)
     if not isinstance(cfg.replay_sampling_support, bool):
         raise ConfigError(
             f"algorithm.replay_sampling_support must be true or false, got {cfg.replay_sampling_support!r}"
@@ -183,6 +191,7 @@ def _check_ranges(cfg: AlgorithmConfig) -> None:
     if isinstance(cfg.passk_k, bool) or not isinstance(cfg.passk_k, int):
         raise ConfigError(f"algorithm.passk_k must be an integer, got {cfg.passk_k!r}")
     _at_least(cfg, "passk_k", 1)
+    _check_spo(cfg)
     if cfg.loss_norm_length is not None:
         if isinstance(cfg.loss_norm_length, bool) or not isinstance(cfg.loss_norm_length, int):
             raise ConfigError(
@@ -192,6 +201,38 @@ def _check_ranges(cfg: AlgorithmConfig) -> None:
     _between(cfg, "cppo_pruning_rate", 0.0, 1.0, high_open=True)
     _check_mismatch(cfg)
     check_sampler_settings(cfg.sampler, cfg.sampler_momentum, cfg.curriculum_start, cfg.curriculum_steps)
+
+
+def _check_spo(cfg: AlgorithmConfig) -> None:
+    from rlvr.algorithms.spo import check_spo_settings
+
+    check_spo_settings(cfg.spo_threshold, cfg.spo_interval, cfg.spo_max_cuts)
+    k = cfg.spo_continuations
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"algorithm.spo_continuations must be an integer >= 1, got {k!r}")
+    if not isinstance(cfg.spo_prob_mask, bool):
+        raise ConfigError(f"algorithm.spo_prob_mask must be true or false, got {cfg.spo_prob_mask!r}")
+    tree = cfg.spo_tree
+    if isinstance(tree, str) or not isinstance(tree, (tuple, list)):
+        raise ConfigError(f"algorithm.spo_tree must be a list of branch factors, got {tree!r}")
+    if any(isinstance(b, bool) or not isinstance(b, int) or b < 2 for b in tree):
+        raise ConfigError(
+            f"algorithm.spo_tree: every branch factor must be an integer >= 2 (a node's advantage compares "
+            f"it with its siblings), got {list(tree)}"
+        )
+    m = cfg.spo_tree_segment_tokens
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ConfigError(f"algorithm.spo_tree_segment_tokens must be an integer >= 1, got {m!r}")
+    if tree and cfg.advantage != "spo":
+        raise ConfigError(
+            f"algorithm.spo_tree samples SPO-tree's segments for algorithm.advantage 'spo', not "
+            f"'{cfg.advantage}'; set algorithm.advantage=spo or leave spo_tree empty"
+        )
+    if tree and cfg.filters:
+        raise ConfigError(
+            "algorithm.filters: SPO-tree (algorithm.spo_tree) runs no group filters; its groups are the "
+            "children of one tree node"
+        )
 
 
 def _check_mismatch(cfg: AlgorithmConfig) -> None:
