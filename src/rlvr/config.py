@@ -107,6 +107,40 @@ class RolloutConfig:
     """Generate the next step's completions in a background thread, with a copy of the weights, while
     this step's update runs: the batch is one update off-policy; one more copy of the weights in memory
     (float32 only)."""
+    autocast: Literal["none", "bfloat16"] = "none"
+    """Precision of the trainer's engine (rollouts, in-training evaluation, samples): bfloat16 runs its
+    forward passes under torch.autocast in bfloat16 even when training computes in float32 (a
+    half-precision sampler against a float32 trainer; the old logprobs are then recomputed in the
+    trainer's precision); none computes as model.dtype and model.autocast say."""
+    engine: Literal["builtin", "vllm"] = "builtin"
+    """Which engine samples (docs/rollout.md): builtin is rlvr's own decode loop over the policy
+    module itself; vllm runs a vLLM engine in this process (one per rank) whose weights are pushed
+    after every update (needs the vllm extra: pip install -e ".[vllm]")."""
+    vllm_memory_fraction: float | None = None
+    """engine=vllm: vLLM's gpu_memory_utilization, the fraction of the device's memory it may take
+    (on CPU a fraction of host memory). None: 0.3 on a GPU (the trainer shares it), 0.1 on CPU."""
+    vllm_cpu_kv_cache_gb: int = 1
+    """engine=vllm on CPU: GiB of host memory for vLLM's KV cache (VLLM_CPU_KVCACHE_SPACE)."""
+    vllm_eager: bool = False
+    """engine=vllm: skip vLLM's torch.compile and CUDA graphs: starts in seconds instead of tens of
+    seconds; decodes more slowly on a GPU (on CPU with the toy model it was faster)."""
+    vllm_max_model_len: int | None = None
+    """engine=vllm: longest prompt + completion vLLM makes room for (None: the model's own limit)."""
+    server: str | None = None
+    """engine=vllm: the URL of a running vLLM server (OpenAI-compatible, started with
+    VLLM_SERVER_DEV_MODE=1 and --logprobs-mode processed_logprobs; docs/rollout.md) to sample from
+    instead of an engine in this process; weights are pushed as a model directory under
+    logging.output_dir that the server must be able to read. None: in process."""
+    server_timeout_s: float = 600.0
+    """engine=vllm with a server: longest wait for any one request; a server that does not answer in
+    time is an error naming it."""
+    vllm_check_every: int = 1
+    """engine=vllm: compare a checksum of the served weights with the trainer's every this many weight
+    pushes (0: never); a difference is an error."""
+    vllm_max_first_kl: float = 1e-3
+    """engine=vllm: largest k3 KL between the rollout's and the trainer's logprobs of the same weights
+    allowed at the first update (mismatch/k3_kl); more is an error (the served policy is not the
+    trained one)."""
 
 
 @dataclass
@@ -483,6 +517,12 @@ SETTING_RANGES: dict[str, Range] = {
     "rollout.top_p": Range(0, 1, low_open=True),
     "rollout.top_k": AT_LEAST_0,
     "rollout.max_batch_sequences": AT_LEAST_1,
+    "rollout.vllm_memory_fraction": Range(0, 1, low_open=True),
+    "rollout.vllm_cpu_kv_cache_gb": AT_LEAST_1,
+    "rollout.vllm_check_every": AT_LEAST_0,
+    "rollout.server_timeout_s": POSITIVE,
+    "rollout.vllm_max_model_len": AT_LEAST_1,
+    "rollout.vllm_max_first_kl": AT_LEAST_0,
     "env.max_turns": AT_LEAST_1,
     "env.max_turn_tokens": AT_LEAST_1,
     "env.max_context_tokens": AT_LEAST_1,
@@ -565,6 +605,8 @@ def validate_config(config: Config) -> None:
         )
     if config.algorithm.replay_sampling_support:
         _validate_replay_sampling_support(config)
+    if config.algorithm.advantage == "spo":
+        _validate_spo(config)
     if config.algorithm.advantage == "pkpo" and config.algorithm.passk_k > r.samples_per_prompt:
         raise ConfigError(
             f"setting 'algorithm.passk_k' is {config.algorithm.passk_k}: algorithm.advantage 'pkpo' estimates "
@@ -593,6 +635,7 @@ def validate_config(config: Config) -> None:
         half = {
             "model.dtype": config.model.dtype if config.model.dtype in ("bfloat16", "float16") else None,
             "model.autocast": config.model.autocast if config.model.autocast != "none" else None,
+            "rollout.autocast": r.autocast if r.autocast != "none" else None,
             "parallel.mixed_precision": config.parallel.mixed_precision
             if config.parallel.mixed_precision != "none"
             else None,
@@ -604,6 +647,8 @@ def validate_config(config: Config) -> None:
                     "logprobs must be those of the weights that sampled, and in half precision they are "
                     "recomputed with the current ones"
                 )
+    if r.engine == "vllm":
+        _validate_vllm_engine(config)
     validate_eval_settings(config.eval)
     validate_algorithm_config(config.algorithm)
     _validate_critic(config.critic)
@@ -613,6 +658,58 @@ def validate_config(config: Config) -> None:
             f"setting 'parallel.mixed_precision' ({config.parallel.mixed_precision}) keeps float32 shards and "
             f"computes in bfloat16; model.dtype must be auto or float32, got {config.model.dtype}"
         )
+
+
+def _validate_spo(config: Config) -> None:
+    """algorithm.advantage 'spo' continues each completion from its cut points with the policy that
+    sampled it and grades the continuations with the task's rewards (rlvr.training.segment_values)."""
+    r, alg = config.rollout, config.algorithm
+    if config.env.name is not None:
+        raise ConfigError(
+            f"setting 'algorithm.advantage' is 'spo', which is not supported with multi-turn environments "
+            f"(env.name = {config.env.name!r}): continuing a trajectory from a cut point would need the "
+            "environment's state at that point"
+        )
+    if r.samples_per_prompt < 2 and not alg.spo_tree:
+        raise ConfigError(
+            "setting 'rollout.samples_per_prompt' is 1: algorithm.advantage 'spo' takes the value of the "
+            "prompt as its group's mean reward; sample 2 or more"
+        )
+    if r.temperature == 0:
+        raise ConfigError(
+            "setting 'rollout.temperature' is 0: algorithm.advantage 'spo' estimates values from sampled "
+            "continuations, and greedy decoding samples the same one every time"
+        )
+    if r.generate_ahead:
+        raise ConfigError(
+            "setting 'rollout.generate_ahead' is on: algorithm.advantage 'spo' continues the completions with "
+            "the policy that sampled them, but generated-ahead completions come from the weights of the step "
+            "before"
+        )
+    if alg.kl_coef > 0 and alg.kl_placement == "reward":
+        raise ConfigError(
+            "setting 'algorithm.kl_placement' is 'reward': algorithm.advantage 'spo' compares the completion's "
+            "reward with Monte Carlo values of continuations that carry no KL term; put the KL in the loss"
+        )
+
+
+def _validate_vllm_engine(config: Config) -> None:
+    """rollout.engine 'vllm' (docs/rollout.md): what the in-process vLLM engine does not cover yet."""
+    r = config.rollout
+    refused = {
+        "rollout.generate_ahead": "the vLLM engine samples with the weights of the last push, so there is "
+        "nothing to overlap in this process; turn it off"
+        if r.generate_ahead
+        else None,
+        "env.name": "multi-turn rollouts drive the builtin engine's decode loop; use the builtin engine"
+        if config.env.name is not None
+        else None,
+    }
+    if r.server is not None and not r.server.startswith(("http://", "https://")):
+        raise ConfigError(f"setting 'rollout.server' must be an http:// or https:// URL, got {r.server!r}")
+    for key, why in refused.items():
+        if why is not None:
+            raise ConfigError(f"setting '{key}' cannot be used with rollout.engine 'vllm': {why}")
 
 
 def _validate_replay_sampling_support(config: Config) -> None:

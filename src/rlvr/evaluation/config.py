@@ -94,6 +94,9 @@ class EvalRunConfig:
     """Problems generated together; results are written (and resume) batch by batch."""
     max_batch_sequences: int = 256
     """Most sequences decoded at once."""
+    engine: Literal["builtin", "vllm"] = "builtin"
+    """The rollout engine (docs/rollout.md): builtin, or vllm (needs the vllm extra; single-turn
+    benchmarks, full models, not LoRA adapter directories)."""
     question_field: str = "question"
     """Local files: the field holding the question ('a+b' joins two fields)."""
     answer_field: str = "answer"

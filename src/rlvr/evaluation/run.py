@@ -121,6 +121,33 @@ def load_eval_model(path: str, device: torch.device, dtype: str) -> tuple[Any, A
     return model.to(device).eval(), tokenizer
 
 
+def build_eval_engine(engine: str, path: str, device: str, dtype: str, max_batch_sequences: int = 256) -> Any:
+    """The engine ``rlvr eval`` and ``rlvr sample`` generate with: the builtin engine over the model
+    at ``path`` (a LoRA adapter merged into its base), or vLLM loading ``path`` itself."""
+    from rlvr.rollout.hf_engine import HFEngine
+    from rlvr.training.model import resolve_device, resolve_dtype, resolve_model_path
+
+    if engine != "vllm":
+        model, tokenizer = load_eval_model(path, resolve_device(device), dtype)
+        return HFEngine(model, tokenizer, max_batch_sequences=max_batch_sequences)
+    from rlvr.rollout.vllm_engine import VLLMEngine, import_vllm
+
+    import_vllm()  # a missing vLLM is an error naming the extra, before anything loads
+    resolved = resolve_model_path(path)
+    if (Path(resolved) / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"{path} holds a LoRA adapter: the vllm engine loads full models; merge it first or use the "
+            "builtin engine"
+        )
+    torch_device = resolve_device(device)
+    return VLLMEngine(
+        str(resolved),
+        load_eval_tokenizer(path),
+        dtype=resolve_dtype(dtype, torch_device),
+        device=torch_device,
+    )
+
+
 def run_config(run_dir: Path) -> Any:
     """The training config a run directory was made with."""
     from rlvr.config import Config, merge_layers
@@ -225,6 +252,7 @@ def settings_record(
         "grade_truncated": config.grade_truncated,
         "seed": config.seed,
         "problems_per_batch": config.problems_per_batch,
+        **({"engine": config.engine} if config.engine != "builtin" else {}),
     }
 
 
@@ -379,10 +407,17 @@ def evaluate_target(config: EvalRunConfig, target: Target, out: Path, log: Any =
     sets, env = prepare_sets(config, target)
     # the environment's parameters checked before the weights load (the environments make the prompts)
     runners = {s.name: env_runner(env, s, config.max_new_tokens) for s in sets} if env is not None else {}
-    model, tokenizer = load_eval_model(target.model_path, resolve_device(config.device), config.dtype)
     settings = settings_record(config, target, sets, env)
-    check_output_dir(out, settings, config.overwrite)
-    engine = HFEngine(model, tokenizer, max_batch_sequences=config.max_batch_sequences)
+    if config.engine == "vllm":
+        if env is not None:
+            raise ConfigError("setting 'engine' is vllm: multi-turn evaluation needs the builtin engine")
+        check_output_dir(out, settings, config.overwrite)
+        engine = build_eval_engine(config.engine, target.model_path, config.device, config.dtype)
+    else:
+        model, tokenizer = load_eval_model(target.model_path, resolve_device(config.device), config.dtype)
+        check_output_dir(out, settings, config.overwrite)
+        engine = HFEngine(model, tokenizer, max_batch_sequences=config.max_batch_sequences)
+    tokenizer = engine.tokenizer
     for s in sets:
         if s.skipped:
             log(f"[{s.name}] {len(s.skipped)} bad row(s) left out; first: {s.skipped[0]}")

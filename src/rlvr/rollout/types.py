@@ -55,6 +55,10 @@ class Completion:
     untruncated_logprobs: list[float] | None = None
     """With ``SamplingParams.truncated_logprobs``: the logprobs of ``softmax(logits / temperature)``
     before truncation (``logprobs`` then holds the truncated ones); None otherwise."""
+    weight_version: int | None = None
+    """The version of the weights that sampled it, for engines that hold their own copy of the
+    policy (vllm: 0 for the weights it was built from, then one more per weight push); None for the
+    built-in engine, which samples from the policy module itself."""
 
 
 class RolloutEngine(Protocol):

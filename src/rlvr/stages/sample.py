@@ -95,6 +95,8 @@ class SampleConfig:
     """Problems generated together; samples are written (and resume) batch by batch."""
     max_batch_sequences: int = 256
     """Most sequences decoded at once."""
+    engine: Literal["builtin", "vllm"] = "builtin"
+    """The rollout engine (docs/rollout.md): builtin, or vllm (needs the vllm extra; full models only)."""
     select: SelectRule = "correct"
     """What is kept of a problem's samples: correct (every correct one), first_correct, shortest_correct,
     best (highest reward, ties to the shortest), or pairs (preference pairs, see 'pairs')."""
@@ -194,6 +196,7 @@ def generation_config(c: SampleConfig) -> Any:
         seed=c.seed,
         problems_per_batch=c.problems_per_batch,
         max_batch_sequences=c.max_batch_sequences,
+        engine=c.engine,
         question_field=c.question_field,
         answer_field=c.answer_field,
         answer_format=c.answer_format,
@@ -389,16 +392,14 @@ def run_sample(c: SampleConfig, log: Any = print) -> dict[str, Any]:
 
     from rlvr.evaluation.generation import write_records
     from rlvr.evaluation.run import (
+        build_eval_engine,
         check_output_dir,
         default_template,
         evaluate_set,
-        load_eval_model,
         load_eval_tokenizer,
     )
     from rlvr.evaluation.sets import with_template
-    from rlvr.rollout.hf_engine import HFEngine
     from rlvr.tasks.templates import render_prompt
-    from rlvr.training.model import resolve_device
     from rlvr.training.setup import tokenize_prompts
 
     if c.cpu_threads is not None:
@@ -413,8 +414,8 @@ def run_sample(c: SampleConfig, log: Any = print) -> dict[str, Any]:
     out = output_dir_for(c, target)
     settings = settings_record(c, target, pset)
     check_output_dir(out, settings, c.overwrite)
-    model, tokenizer = load_eval_model(target.model_path, resolve_device(c.device), c.dtype)
-    engine = HFEngine(model, tokenizer, max_batch_sequences=c.max_batch_sequences)
+    engine = build_eval_engine(c.engine, target.model_path, c.device, c.dtype, c.max_batch_sequences)
+    tokenizer = engine.tokenizer
     gen = generation_config(c)
     if pset.skipped:
         log(f"[{pset.name}] {len(pset.skipped)} bad row(s) left out; first: {pset.skipped[0]}")

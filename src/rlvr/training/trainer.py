@@ -33,6 +33,7 @@ from rlvr.algorithms.kl import fold_kl_into_rewards, kl_penalty
 from rlvr.algorithms.mismatch import mismatch_enabled, needs_trainer_logprobs
 from rlvr.algorithms.samplers import PromptSampler, difficulties_from_problems
 from rlvr.algorithms.sampling_support import SamplingSupport
+from rlvr.algorithms.spo import SPO_TENSOR_ARGS
 from rlvr.algorithms.validation import needs_critic, needs_reference_model
 from rlvr.config import Config, CriticConfig, to_dict
 from rlvr.distributed import (
@@ -64,6 +65,7 @@ from rlvr.training.model import (
 )
 from rlvr.training.parallel import Parallel
 from rlvr.training.rollouts import RolloutCollector, ScoredGroup, StepRollouts
+from rlvr.training.segment_values import estimate_cut_values
 from rlvr.training.setup import (
     build_optimizer,
     build_runner,
@@ -72,6 +74,7 @@ from rlvr.training.setup import (
     turn_reward_tensor,
 )
 from rlvr.training.sharded_state import export_state
+from rlvr.training.spo_tree import TreeCollector
 from rlvr.training.update import (
     UpdateSettings,
     compute_logprobs,
@@ -152,13 +155,22 @@ class Trainer:
             if c.algorithm.sampler == "curriculum"
             else None,
         )
-        self.engine = HFEngine(
-            self.model,
-            self.tokenizer,
-            max_batch_sequences=c.rollout.max_batch_sequences,
-            autocast_dtype=autocast_dtype(c.model),
-            decoder=c.rollout.decoder,
-        )
+        self.vllm_sync = None  # rollout.engine 'vllm': its own copy of the weights, pushed after each update
+        if c.rollout.engine == "vllm":
+            from rlvr.training.vllm_sync import VLLMSync, build_vllm_engine
+
+            self.engine = build_vllm_engine(c, self.model, self.tokenizer, self.device)
+            self.vllm_sync = VLLMSync(c, self.engine, self.log)
+        else:
+            self.engine = HFEngine(
+                self.model,
+                self.tokenizer,
+                max_batch_sequences=c.rollout.max_batch_sequences,
+                # rollout.autocast: a bfloat16 sampler also when the trainer computes in float32
+                autocast_dtype=autocast_dtype(c.model)
+                or (torch.bfloat16 if c.rollout.autocast == "bfloat16" else None),
+                decoder=c.rollout.decoder,
+            )
         self.best_model = (
             BestModel(self.out, c.eval.best_metric, c.eval.best_mode) if c.eval.best_metric else None
         )
@@ -221,6 +233,18 @@ class Trainer:
             max_rounds=c.training.max_sampling_rounds,
             algorithm=c.algorithm,
         )
+        if c.algorithm.spo_tree:  # SPO-tree: each prompt's completions are a tree of segments
+            self.collector = TreeCollector(
+                engine=self.engine,
+                problems=self.task.train,
+                prompt_ids=self.train_prompts,
+                sampler=self.sampler,
+                reward=self.reward,
+                sampling=self.sampling,
+                prompts_per_step=c.rollout.prompts_per_step,
+                branches=tuple(c.algorithm.spo_tree),
+                segment_tokens=c.algorithm.spo_tree_segment_tokens,
+            )
         self.update_settings = UpdateSettings(
             ppo_epochs=c.training.ppo_epochs,
             updates_per_step=c.training.updates_per_step,
@@ -246,6 +270,8 @@ class Trainer:
         waited = time.perf_counter() - t0
         with self.parallel.gathered(self.model):  # prompts -> completions -> rewards -> group filters
             rollouts = self.collector.collect(step, first_round)
+        if self.vllm_sync is not None:  # sampled by the weights the trainer holds
+            self.vllm_sync.check_rollouts([c for g in rollouts.groups for c in g.completions])
         if self.ahead is not None:
             if step + 1 < self.config.training.steps:  # the next step's first round, from these weights
                 self.ahead.start(step + 1, self.model, self.collector)
@@ -263,6 +289,8 @@ class Trainer:
             metrics["optim/skipped_updates"] = 1.0
             return metrics
         batch = self._make_batch(rollouts.groups).to(self.device)
+        if getattr(ADVANTAGES.get(alg.advantage), "takes_cut_values", False):  # SPO's Monte Carlo values
+            metrics.update(self._cut_values(rollouts.groups, batch))
         t1 = time.perf_counter()
         metrics.update(self.prepare_advantages(batch))  # old logprobs, KL, values -> advantages, returns
         _, after = filter_stages(alg.filters)
@@ -284,6 +312,8 @@ class Trainer:
         )
         if self.critic is not None:  # the value loss toward the estimator's returns
             metrics.update(self.critic.update(batch, self._critic_schedule(batch, schedule), alg))
+        if self.vllm_sync is not None:  # the engine serves the new weights from the next rollout on
+            metrics.update(self.vllm_sync.push(self.model))
         t2 = time.perf_counter()
         metrics["time/update"] = t2 - t1
         metrics["time/step"] = t2 - t0
@@ -321,6 +351,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         support = self.update_settings.support
         if self._needs_recompute():
+            rollout_logprobs = batch.old_logprobs
             if mismatch_enabled(alg.mismatch_is, alg.mismatch_mask, alg.mismatch_opsm_delta):
                 batch.extra["rollout_logprobs"] = batch.old_logprobs  # the sampler's, for the correction
             if support is None:
@@ -339,6 +370,10 @@ class Trainer:
                     c.training.micro_batch_tokens,
                     support,
                     self.update_settings.autocast_dtype,
+                )
+            if self.vllm_sync is not None:  # the policy served is the policy trained (docs/rollout.md)
+                metrics.update(
+                    self.vllm_sync.mismatch(rollout_logprobs, batch.old_logprobs, batch.response_mask)
                 )
         # The policy's own logprobs, untruncated, against the reference and the teacher.
         policy_logprobs = batch.extra.get("untruncated_old_logprobs", batch.old_logprobs)
@@ -391,6 +426,8 @@ class Trainer:
                 "reward_components": batch.extra["reward_components"],
                 "reward_weights": torch.tensor(weights, dtype=torch.float64),
             }
+        if getattr(estimator, "takes_cut_values", False):  # SPO: filled by _cut_values
+            components.update({name: batch.extra[name] for name in SPO_TENSOR_ARGS})
         adv = estimator(
             rewards=rewards,
             mask=batch.response_mask,
@@ -401,6 +438,8 @@ class Trainer:
         )
         metrics.update(adv.metrics)
         advantages = adv.advantages
+        if adv.loss_mask is not None:  # tokens the policy loss leaves out (SPO's probability mask)
+            batch.response_mask = batch.response_mask * adv.loss_mask.to(batch.response_mask.dtype)
         if self.teacher is not None and distill.mode == "advantage":  # A_t = r_t + w * A_task_t
             advantages = distillation_advantages(
                 teacher_logprobs=batch.extra["teacher_logprobs"],
@@ -417,6 +456,35 @@ class Trainer:
         if self.critic is not None:
             metrics.update(value_metrics(batch.extra["values"], batch.extra["returns"], batch.response_mask))
         return metrics
+
+    def _cut_values(self, groups: list[ScoredGroup], batch: RolloutBatch) -> dict[str, float]:
+        """SPO: ``batch.extra["sampling_logprobs"]`` (the rollout's logprobs, which define the cut
+        points) and ``batch.extra["cut_values"]`` (Monte Carlo values at the cut points, from
+        ``algorithm.spo_continuations`` continuations each, :mod:`rlvr.training.segment_values`);
+        returns the ``spo/*`` cost metrics."""
+        alg = self.config.algorithm
+        logprobs = batch.old_logprobs.detach().clone()  # before any recomputation
+        batch.extra["sampling_logprobs"] = logprobs
+        if alg.spo_tree:  # SPO-tree: the tree's own samples are the Monte Carlo values
+            batch.extra["cut_values"] = torch.zeros_like(logprobs, dtype=torch.float64)
+            return {}
+        with self.parallel.gathered(self.model):  # the policy that sampled the completions
+            cut = estimate_cut_values(
+                engine=self.engine,
+                reward=self.reward,
+                problems=[self.task.train[g.prompt_index] for g in groups],
+                groups=groups,
+                sampling_logprobs=logprobs.cpu(),
+                mask=batch.response_mask.cpu(),
+                sampling=self.sampling,
+                step=self.step,
+                continuations=alg.spo_continuations,
+                spo_threshold=alg.spo_threshold,
+                spo_interval=alg.spo_interval,
+                spo_max_cuts=alg.spo_max_cuts,
+            )
+        batch.extra["cut_values"] = cut.values.to(self.device)
+        return cut.metrics
 
     def score_with_teacher(self, batch: RolloutBatch) -> dict[str, float]:
         """On-policy distillation: the teacher's log-probabilities of the sampled tokens into
@@ -510,11 +578,14 @@ class Trainer:
         """Old logprobs: the rollout's are reused when the trainer computes in float32.
 
         The engine samples from this very model, so the policy has not changed since the rollout;
-        in half precision (bfloat16 weights or autocast) the cached decode and the full forward
-        differ enough to bias the ratio, so they are recomputed there.
+        in half precision (bfloat16 weights or autocast, also a bfloat16 rollout alone:
+        ``rollout.autocast``) the cached decode and the full forward differ enough to bias the ratio,
+        so they are recomputed there.
         """
-        half = self.update_settings.autocast_dtype is not None
+        half = self.update_settings.autocast_dtype is not None or self.engine.autocast_dtype is not None
         alg = self.config.algorithm
+        if self.vllm_sync is not None:
+            return True  # vLLM samples with its own kernels: its logprobs are compared, not reused
         if needs_trainer_logprobs(alg.mismatch_is, alg.mismatch_mask):
             return True  # the mismatch corrections compare the rollout's logprobs with these
         if self.teacher is not None and self.ahead is None:
@@ -630,6 +701,8 @@ class Trainer:
             return False
         path, state = loaded
         self.load_trainer_state(state)
+        if self.vllm_sync is not None:  # the engine was built from model.path: serve the checkpoint's weights
+            self.vllm_sync.push(self.model, check=True)
         self._saved_step = self.step
         self.log(f"resumed from {path} at step {self.step}")
         return True
