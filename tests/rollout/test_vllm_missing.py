@@ -41,3 +41,5 @@ def test_vllm_engine_settings_are_checked():
     with pytest.raises(ConfigError, match="vllm_check_every"):
         load_config(None, ["rollout.vllm_check_every=-1"])
     assert load_config(None, []).rollout.engine == "builtin"
+    # LoRA is served merged (docs/rollout.md), no longer refused
+    assert load_config(None, ["rollout.engine=vllm", "model.lora_rank=8"]).model.lora_rank == 8

@@ -2,7 +2,8 @@
 
 The policy served must be the policy trained (docs/rollout.md):
 
-* after every update the trainer pushes the full ``state_dict()`` (:meth:`VLLMSync.push`), which
+* after every update the trainer pushes the full state dict (:meth:`VLLMSync.push`; with LoRA the
+  merged weights, :func:`rlvr.rollout.vllm_engine.served_state_dict`), which
   increments the engine's weight version and resets its prefix cache; the trainer counts its own
   updates (:attr:`VLLMSync.policy_version`), and every completion must carry the version the
   trainer holds when it samples (:meth:`VLLMSync.check_rollouts`), so a skipped push is an error;
