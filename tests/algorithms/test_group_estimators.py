@@ -43,7 +43,9 @@ def test_maxrl_estimates_the_score_of_the_correct_samples_minus_the_mean_score()
     rewards = t([1, 0, 1, 0, 0])
     scores = t([0.3, -1.2, 2.0, 0.7, 0.1])
     a = per_row("maxrl", rewards)
-    assert (a * scores).mean().item() == pytest.approx((scores[rewards > 0].mean() - scores.mean()).item(), abs=1e-12)
+    assert (a * scores).mean().item() == pytest.approx(
+        (scores[rewards > 0].mean() - scores.mean()).item(), abs=1e-12
+    )
 
 
 # --- pass@k ---------------------------------------------------------------------------------------
