@@ -454,6 +454,7 @@ for name in ("reinforce_pp", "grpo", "vapo", "gdpo", "reinforce_pp_baseline"):
     result[name] = (out.advantages, out.metrics)
 result["whiten"] = whiten_advantages(part["rewards"], part["mask"])
 torch.save(result, out_dir + f"/rank{rank}.pt")
+dist.barrier()  # both ranks done before either leaves the group
 dist.destroy_process_group()
 """
 

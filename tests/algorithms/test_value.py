@@ -155,6 +155,7 @@ dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_
 values, returns, mask = torch.load(out_dir + "/batch.pt")
 rows = slice(3 * rank, 3 * rank + 3)
 torch.save(explained_variance(values[rows], returns[rows], mask[rows]), out_dir + f"/rank{rank}.pt")
+dist.barrier()  # both ranks done before either leaves the group
 dist.destroy_process_group()
 """
 

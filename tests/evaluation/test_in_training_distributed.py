@@ -36,6 +36,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         metrics = _evaluate()
         with open(f"{out}.{rank}", "w") as f:
             json.dump(metrics, f)
+        dist.barrier()  # both ranks done before either leaves the group
     finally:
         dist.destroy_process_group()
 

@@ -289,6 +289,7 @@ def _two_rank_worker(rank: int, init_file: str, out_dir: str) -> None:
         metrics = CompositeReward(SPECS)(_split(five_completions(), rows)).metrics
         with open(f"{out_dir}/rank{rank}.json", "w") as f:
             json.dump(metrics, f)
+        dist.barrier()  # both ranks done before either leaves the group
     finally:
         dist.destroy_process_group()
 

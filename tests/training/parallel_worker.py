@@ -248,6 +248,7 @@ def main(argv: list[str]) -> None:
     Path(args[1] if learning else args[0]).parent.mkdir(parents=True, exist_ok=True)
     if command not in ("make", "make-agent"):
         Path(args[1] if learning else args[0]).mkdir(parents=True, exist_ok=True)
+    finished = False
     try:
         if command == "make":
             make_groups(*args)
@@ -265,8 +266,9 @@ def main(argv: list[str]) -> None:
             generate_ahead_steps(*args)
         else:
             raise SystemExit(f"unknown command {command}")
+        finished = True
     finally:
-        shutdown()
+        shutdown(synchronize=finished)
 
 
 if __name__ == "__main__":

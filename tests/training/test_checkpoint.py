@@ -514,6 +514,7 @@ _RANK = textwrap.dedent(
     with MetricsLogger(run_dir, tensorboard=False) as logger:
         logger.log(1, {"rank": float(rank)})
     print(json.dumps({"path": str(path), "save": after_save, "load": after_load, "state": state}))
+    dist.barrier()  # both ranks done before either leaves the group (a rank that leaves early can abort)
     dist.destroy_process_group()
     """
 )
