@@ -226,6 +226,21 @@ def gspo(
     """
     lp, old, adv, keep = _prepare(logprobs, old_logprobs, advantages, mask, aggregation)
     _check_clip(eps_low, eps_high)
+    values, metrics = gspo_token_terms(lp, old, adv, keep, eps_low, eps_high)
+    return _finish(values, keep, aggregation, num_tokens, num_sequences, norm_length, metrics)
+
+
+def gspo_token_terms(
+    lp: torch.Tensor,
+    old: torch.Tensor,
+    adv: torch.Tensor,
+    keep: torch.Tensor,
+    eps_low: float,
+    eps_high: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GSPO-token's per-token terms ``-min(s_it A_t, clip(s_it) A_t)`` [B, T] and its metrics (the
+    ratios and clip fractions of s_i, counted per token), from :func:`_prepare`'s tensors; shared
+    with LUSPO, which scales them by the response length."""
     m = keep.to(lp.dtype)
     log_ratio = lp - old  # [B, T]
     seq_log_ratio = (log_ratio * m).sum(-1) / m.sum(-1).clamp(min=1.0)  # [B]
@@ -235,7 +250,7 @@ def gspo(
     metrics = _ratio_metrics(seq_ratio[:, None].expand_as(lp), log_ratio, keep)
     metrics["policy/clipfrac_low"] = _masked_mean(low.to(lp.dtype), keep)
     metrics["policy/clipfrac_high"] = _masked_mean(high.to(lp.dtype), keep)
-    return _finish(values, keep, aggregation, num_tokens, num_sequences, norm_length, metrics)
+    return values, metrics
 
 
 # --- CISPO ------------------------------------------------------------------------------------

@@ -21,11 +21,11 @@ import torch
 from rlvr.algorithms.losses import (
     POLICY_LOSSES,
     _check_number,
-    _clipped_surrogate,
     _finish,
     _masked_mean,
     _prepare,
     _ratio_metrics,
+    gspo_token_terms,
 )
 from rlvr.algorithms.outputs import LossOutput
 
@@ -174,18 +174,11 @@ def luspo(
     lp, old, adv, keep = _prepare(logprobs, old_logprobs, advantages, mask, aggregation)
     _check_number("luspo_eps_low", luspo_eps_low, minimum=0.0, maximum=1.0)
     _check_number("luspo_eps_high", luspo_eps_high, minimum=0.0)
-    m = keep.to(lp.dtype)
-    length = m.sum(-1)  # [B], |y_i|
-    log_ratio = lp - old  # [B, T]
-    seq_log_ratio = (log_ratio * m).sum(-1) / length.clamp(min=1.0)  # [B]
-    seq_ratio = torch.exp(seq_log_ratio.detach())  # [B], sg[s_i]
-    token_ratio = seq_ratio[:, None] * torch.exp(lp - lp.detach())  # [B, T], value s_i
-    values, low, high = _clipped_surrogate(token_ratio, adv, luspo_eps_low, luspo_eps_high)
-    values = values * length[:, None]
-    metrics = _ratio_metrics(seq_ratio[:, None].expand_as(lp), log_ratio, keep)
-    metrics["policy/clipfrac_low"] = _masked_mean(low.to(lp.dtype), keep)
-    metrics["policy/clipfrac_high"] = _masked_mean(high.to(lp.dtype), keep)
-    return _finish(values, keep, aggregation, num_tokens, num_sequences, norm_length, metrics)
+    values, metrics = gspo_token_terms(lp, old, adv, keep, luspo_eps_low, luspo_eps_high)
+    length = keep.to(lp.dtype).sum(-1)  # [B], |y_i|
+    return _finish(
+        values * length[:, None], keep, aggregation, num_tokens, num_sequences, norm_length, metrics
+    )
 
 
 for _loss in (vespo, luspo):  # every token term is a multiple of its advantage
