@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rlvr.envs.base import Environment, StepResult
+from rlvr.rollout.multi_turn import Segment
 from rlvr.tasks.base import Problem
 from rlvr.toy.tokenizer import build_tokenizer
 
@@ -94,3 +96,29 @@ class FaultyEnv(EchoEnv):
         if self.kind == "hang":
             time.sleep(3.0)
         return super().step(action)
+
+
+def split_into_turns(t):
+    """The trajectory as rows of its own turns, each after everything before it (observation tokens
+    included): a split that any template allows, so it must train exactly as the whole."""
+    segments, ids, logprobs, new_index = [], [], [], {}
+    k = 0
+    while k < len(t.token_ids):
+        if not t.mask[k]:
+            k += 1
+            continue
+        start = k
+        while k < len(t.token_ids) and t.mask[k]:
+            new_index[k] = len(ids) + k - start
+            k += 1
+        segments.append(Segment(t.prompt_ids + t.token_ids[:start], len(ids), len(ids) + k - start))
+        ids += t.token_ids[start:k]
+        logprobs += t.logprobs[start:k]
+    return dataclasses.replace(
+        t,
+        token_ids=ids,
+        logprobs=logprobs,
+        mask=[1] * len(ids),
+        turn_ends=[new_index[e] for e in t.turn_ends],
+        segments=segments,
+    )

@@ -180,9 +180,24 @@ def full_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 
 def learn(
-    groups_path: str, out: str, strategy: str, split: str, presets: list[str], agent: bool = False
+    groups_path: str,
+    out: str,
+    strategy: str,
+    split: str,
+    presets: list[str],
+    agent: bool = False,
+    turns: bool = False,
 ) -> None:
+    """``turns``: every trajectory split into one row per turn (as for a chat template that
+    rewrites earlier turns)."""
     groups: list[ScoredGroup] = pickle.loads(Path(groups_path).read_bytes())
+    if turns:
+        sys.path.insert(0, str(Path(__file__).parent.parent / "envs"))
+        from env_fixtures import split_into_turns
+
+        groups = [
+            dataclasses.replace(g, completions=[split_into_turns(t) for t in g.completions]) for g in groups
+        ]
     if split == "alternate":
         mine = [g for g in groups if g.position % world_size() == rank()]
     else:
@@ -244,7 +259,7 @@ def generate_ahead_steps(out: str, strategy: str) -> None:
 def main(argv: list[str]) -> None:
     command, *args = argv
     init_from_environment(timeout_s=120, use_cuda=False)
-    learning = command in ("learn", "learn-agent")
+    learning = command in ("learn", "learn-agent", "learn-agent-turns")
     Path(args[1] if learning else args[0]).parent.mkdir(parents=True, exist_ok=True)
     if command not in ("make", "make-agent"):
         Path(args[1] if learning else args[0]).mkdir(parents=True, exist_ok=True)
@@ -258,6 +273,8 @@ def main(argv: list[str]) -> None:
             make_agent_groups(*args)
         elif command == "learn-agent":
             learn(args[0], args[1], args[2], args[3], args[4:], agent=True)
+        elif command == "learn-agent-turns":
+            learn(args[0], args[1], args[2], args[3], args[4:], agent=True, turns=True)
         elif command == "filtered":
             filtered_step(*args)
         elif command == "agent-step":

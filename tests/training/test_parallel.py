@@ -194,6 +194,18 @@ def test_one_multi_turn_step_on_two_ranks_equals_the_same_batch_on_one(trajector
 
 
 @pytest.mark.slow
+def test_trajectories_split_into_turns_on_two_ranks_equal_the_same_batch_on_one(trajectories, tmp_path):
+    """One row per turn (a chat template that rewrites earlier turns): a trajectory's rows stay on
+    its rank, and the estimators see it whole on either side."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = [str(WORKER), "learn-agent-turns", str(trajectories)]
+    _run([sys.executable, *args, str(one), "none", "alternate", *AGENT_PRESETS])
+    _run(_torchrun(*args, str(two), "ddp", "alternate", *AGENT_PRESETS))
+    for preset in AGENT_PRESETS:
+        assert _compare(one, two, preset) <= 1e-5, preset
+
+
+@pytest.mark.slow
 def test_env_metrics_of_a_multi_turn_step_count_the_trajectories_of_every_rank(tmp_path):
     from rlvr.rollout.multi_turn import trajectory_metrics, trajectory_sums
 

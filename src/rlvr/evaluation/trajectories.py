@@ -106,7 +106,7 @@ def trajectory_record(eval_set: EvalSet, index: int, sample: int, t: Any, tokeni
         "truncated": t.truncation is not None,
         "error": t.error,
         "length": sampled,
-        "observed": len(t.token_ids) - sampled,
+        "observed": t.observed_tokens if t.observed_tokens is not None else len(t.token_ids) - sampled,
         "meta": {k: v for k, v in problem.meta.items() if k != "source"},
     }
 

@@ -22,12 +22,18 @@ turn, ``max_context_tokens`` for prompt + everything after it. A trajectory that
 truncated with the reason in ``truncation`` (``max_turns``, ``turn_tokens``, ``context``); one the
 environment truncates has ``env``. An environment that raises or does not answer within
 ``step_timeout_s`` ends its trajectory with ``error`` set (the trainer leaves it out).
+
+Chat templates that rewrite earlier turns (:meth:`~rlvr.rollout.turn_format.ChatFormat.rewrites`)
+cannot be continued on the KV cache: there, each turn is sampled by the engine's ``generate`` from
+the whole conversation rendered anew by the template, and the trajectory keeps, per turn, the
+rendering it was sampled from (:class:`Segment`); the trainer makes each turn a row of its own.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +68,17 @@ class TurnLimits:
                 raise ConfigError(f"setting 'env.{name}' must be an integer >= 1, got {value!r}")
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One turn of a trajectory whose chat template rewrites earlier turns: the turn's tokens are
+    ``token_ids[start:end]`` of the trajectory, sampled after ``prompt_ids`` (the conversation up to
+    the turn as the template renders it). The trainer makes it a row of its own."""
+
+    prompt_ids: list[int]
+    start: int
+    end: int
+
+
 @dataclass
 class Trajectory(Completion):
     """A :class:`Completion` whose ``token_ids`` interleave turns and observations.
@@ -84,6 +101,13 @@ class Trajectory(Completion):
     error: str | None = None
     conversation: list[dict[str, str]] = field(default_factory=list)
     """The whole exchange as messages (role, content, in order): prompt, turns, observations."""
+    segments: list[Segment] | None = None
+    """Where the chat template rewrites earlier turns: the turns, each with the context it was
+    sampled from. ``token_ids`` then holds the sampled tokens of all turns in order (``mask`` all 1)
+    and ``prompt_ids`` the first prompt. None for a trajectory that is one token stream."""
+    observed_tokens: int | None = None
+    """With ``segments``: the tokens of the observations' text (they are inside the renderings, not
+    in ``token_ids``)."""
 
 
 @dataclass
@@ -108,6 +132,11 @@ class _Row:
     tool_errors: int = 0
     timeouts: int = 0
     correct: bool | None = None
+    segments: list[Segment] | None = None
+    """Set (a list) when the trajectory is rendered anew each turn."""
+    observed: int = 0
+    opening: int = 1
+    """Messages of the first observation (the prompt) at the start of ``conversation``."""
 
     @property
     def length(self) -> int:
@@ -208,8 +237,10 @@ class MultiTurnRunner:
             conversation = (
                 [{"role": "user", "content": first}] if isinstance(first, str) else [dict(m) for m in first]
             )
-            rows.append(_Row(i, i // n, env, prompt, conversation))
-        if rows:
+            rows.append(_Row(i, i // n, env, prompt, conversation, opening=len(conversation)))
+        if rows and fmt.rewrites(getattr(rows[0].env, "observation_role", "user")):
+            self._decode_rendered(engine, rows, fmt, sampling, pool, problems, done, indices[0])
+        elif rows:
             self._decode(engine, rows, fmt, sampling, generator, pool, problems, done)
         return [done[i] for i in indices]
 
@@ -292,6 +323,57 @@ class MultiTurnRunner:
                 ).float()
                 next_position = next_position + 1
 
+    def _decode_rendered(self, engine, rows, fmt, sampling, pool, problems, done, first_index) -> None:
+        """Turn by turn, for a template that rewrites earlier turns: render every conversation, let
+        the engine sample each one's turn, step the environments, repeat."""
+        limits, tokenizer = self.limits, engine.tokenizer
+        stops = tuple(dict.fromkeys((*getattr(rows[0].env, "stop_strings", ()), *sampling.stop_strings)))
+        for row in rows:
+            row.segments = []
+        active, turn = list(rows), 0
+        while active:
+            contexts = []
+            for row in list(active):
+                context = row.prompt if turn == 0 else fmt.conversation_ids(row.conversation)
+                if len(context) + 1 > limits.max_context_tokens:
+                    self._finish(row, "context", done)
+                    active.remove(row)
+                else:
+                    contexts.append(context)
+            if not active:
+                break
+            turn_sampling = dataclasses.replace(
+                sampling,
+                n=1,
+                max_new_tokens=limits.max_turn_tokens,
+                stop_strings=stops,
+                seed=sampling.seed + 7919 * turn + 104729 * first_index,
+            )
+            completions = engine.generate(contexts, turn_sampling)
+            ended = []
+            for row, context, c in zip(active, contexts, completions, strict=True):
+                tokens, logprobs = list(c.token_ids), list(c.logprobs)
+                room = limits.max_context_tokens - len(context)
+                over = len(tokens) > room or (
+                    len(tokens) == room and c.finish_reason == "length" and room < limits.max_turn_tokens
+                )
+                tokens, logprobs = tokens[:room], logprobs[:room]
+                start = len(row.ids)
+                row.segments.append(Segment(list(context), start, start + len(tokens)))
+                row.ids += tokens
+                row.mask += [1] * len(tokens)
+                row.logprobs += logprobs
+                row.turn_start = start
+                if over:
+                    self._finish(row, "context", done)
+                else:
+                    eos = bool(tokens) and tokens[-1] in engine.eos_ids
+                    ended.append((row, eos, c.finish_reason == "length"))
+            for row, result, how in self._step_envs(ended, pool, tokenizer, problems, sampling.n):
+                self._after_step(row, result, how, fmt, done)
+            active = [row for row in active if row.index not in done]
+            turn += 1
+
     def _step_envs(self, ended, pool, tokenizer, problems, n):
         """Step the environments of the turns that just ended, together; (row, result or error, cut)."""
         if not ended:
@@ -346,6 +428,15 @@ class MultiTurnRunner:
             self._finish(row, "turn_tokens", done)
         elif len(row.rewards) >= self.limits.max_turns:
             self._finish(row, "max_turns", done)
+        elif row.segments is not None:  # rendered anew before the next turn
+            role = getattr(row.env, "observation_role", "user")
+            ids = self._tokenizer(observation, add_special_tokens=False)["input_ids"]
+            if len(ids) > self.limits.max_observation_tokens:
+                observation = self._tokenizer.decode(ids[: self.limits.max_observation_tokens])
+            row.conversation.append({"role": role, "content": observation})
+            row.observed += min(len(ids), self.limits.max_observation_tokens)
+            row.turn_start = len(row.ids)
+            return False
         else:
             role = getattr(row.env, "observation_role", "user")
             ids = fmt.observation_ids(observation, role, ended_with_eos)[: self.limits.max_observation_tokens]
@@ -377,7 +468,9 @@ class MultiTurnRunner:
             prompt_ids=list(row.prompt),
             token_ids=list(row.ids),
             logprobs=list(row.logprobs),
-            text=self._tokenizer.decode(row.ids, skip_special_tokens=True),
+            text=self._tokenizer.decode(row.ids, skip_special_tokens=True)
+            if row.segments is None
+            else "".join(m["content"] for m in row.conversation[row.opening :]),
             finish_reason="stop" if stop else "length",
             mask=list(row.mask),
             reward=reward,
@@ -391,6 +484,8 @@ class MultiTurnRunner:
             truncation=truncation,
             error=error,
             conversation=row.conversation,
+            segments=list(row.segments) if row.segments is not None else None,
+            observed_tokens=row.observed if row.segments is not None else None,
         )
         with contextlib.suppress(Exception):
             close = getattr(row.env, "close", None)
@@ -457,7 +552,9 @@ def trajectory_sums(trajectories: Sequence[Trajectory]) -> dict[str, float]:
         sums["tool_errors"] += t.tool_errors
         sums["tool_timeouts"] += t.timeouts
         sums["tokens_generated"] += generated
-        sums["tokens_observed"] += len(t.token_ids) - generated
+        sums["tokens_observed"] += (
+            t.observed_tokens if t.observed_tokens is not None else len(t.token_ids) - generated
+        )
         if t.truncation is not None:
             sums[f"truncated_{t.truncation}"] += 1
     return sums

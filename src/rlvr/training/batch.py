@@ -9,6 +9,11 @@ Layout (the response-aligned layout: every algorithm tensor is [B, T] over respo
     old_logprobs, ref_logprobs, advantages, ...   [B, T]
 
 so ``logits[:, P - 1 + t]`` predicts response token ``t`` of every row.
+
+A multi-turn trajectory whose chat template rewrites earlier turns is several rows, one per turn
+(:class:`~rlvr.rollout.multi_turn.Segment`), each with the context its turn was sampled from;
+:class:`TrajectoryLayout` records where each row's tokens lie in its trajectory, so that the
+advantage estimators see a trajectory as one sequence, as they do a trajectory that is one row.
 """
 
 from __future__ import annotations
@@ -20,6 +25,94 @@ import torch
 
 from rlvr.distributed import all_reduce_max, gather_objects, world_size
 from rlvr.rollout.types import Completion
+
+
+@dataclass
+class TrajectoryLayout:
+    """Where the response tokens of each row lie in its trajectory, for a batch whose trajectories
+    may be split into rows (one per turn).
+
+    Row ``r``'s response token ``t`` is token ``offset[r] + t`` of trajectory ``trajectory[r]``.
+    :meth:`gather_tokens` lays [rows, T] values out as [trajectories, L] (the turns of a trajectory
+    one after the other, as a trajectory that is one row has them), :meth:`scatter_tokens` puts
+    them back; estimators that look at whole sequences (group baselines, GAE's recursion, the last
+    token's reward) therefore treat a split trajectory exactly as an unsplit one.
+    """
+
+    trajectory: list[int]
+    """Per row, the index of its trajectory."""
+    offset: list[int]
+    """Per row, where its first response token lies in its trajectory."""
+    widths: list[int]
+    """Per row, its number of response tokens."""
+    lengths: list[int]
+    """Per trajectory, its number of tokens."""
+
+    @property
+    def first_rows(self) -> list[int]:
+        """Per trajectory, its first row."""
+        first: dict[int, int] = {}
+        for r, t in enumerate(self.trajectory):
+            first.setdefault(t, r)
+        return [first[t] for t in range(len(self.lengths))]
+
+    def _index(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        rows, cols, trajs, positions = [], [], [], []
+        for r, (t, o, w) in enumerate(zip(self.trajectory, self.offset, self.widths, strict=True)):
+            rows += [r] * w
+            cols += range(w)
+            trajs += [t] * w
+            positions += range(o, o + w)
+        return tuple(torch.tensor(x, dtype=torch.long, device=device) for x in (rows, cols, trajs, positions))
+
+    def gather_rows(self, values: torch.Tensor) -> torch.Tensor:
+        """[rows, ...] -> [trajectories, ...]: each trajectory's first row (values shared by its rows)."""
+        return values[torch.tensor(self.first_rows, dtype=torch.long, device=values.device)]
+
+    def gather_tokens(self, values: torch.Tensor) -> torch.Tensor:
+        """[rows, T] -> [trajectories, L]: each trajectory's tokens in order (zeros past its end)."""
+        rows, cols, trajs, positions = self._index(values.device)
+        out = values.new_zeros((len(self.lengths), max(self.lengths, default=0) or 1))
+        out[trajs, positions] = values[rows, cols]
+        return out
+
+    def scatter_tokens(self, values: torch.Tensor, width: int) -> torch.Tensor:
+        """[trajectories, L] -> [rows, width]: the inverse of :meth:`gather_tokens` (zeros on padding)."""
+        rows, cols, trajs, positions = self._index(values.device)
+        out = values.new_zeros((len(self.trajectory), width))
+        out[rows, cols] = values[trajs, positions]
+        return out
+
+
+def training_rows(completions: Sequence[Completion]) -> tuple[list[Completion], TrajectoryLayout | None]:
+    """The rows a step trains on: each completion, or each turn of a trajectory that has
+    ``segments`` (its rendered context as the prompt, the turn's tokens as the response), with the
+    layout that maps them back; None (and the completions themselves) when no trajectory is split."""
+    if not any(getattr(c, "segments", None) for c in completions):
+        return list(completions), None
+    rows: list[Completion] = []
+    trajectory, offset, widths = [], [], []
+    for i, c in enumerate(completions):
+        segments = getattr(c, "segments", None)
+        if not segments:
+            rows.append(c)
+            trajectory.append(i), offset.append(0), widths.append(len(c.token_ids))
+            continue
+        for s in segments:
+            rows.append(
+                Completion(
+                    prompt_index=c.prompt_index,
+                    prompt_ids=list(s.prompt_ids),
+                    token_ids=c.token_ids[s.start : s.end],
+                    logprobs=c.logprobs[s.start : s.end],
+                    text="",
+                    finish_reason=c.finish_reason,
+                    mask=c.mask[s.start : s.end] if c.mask is not None else None,
+                )
+            )
+            trajectory.append(i), offset.append(s.start), widths.append(s.end - s.start)
+    lengths = [len(c.token_ids) for c in completions]
+    return rows, TrajectoryLayout(trajectory, offset, widths, lengths)
 
 
 @dataclass
@@ -38,9 +131,12 @@ class RolloutBatch:
     """Per-step tensors added later: advantages, returns, ref_logprobs, values; and
     ``untruncated_old_logprobs`` [B, T] when the rollout recorded truncated logprobs as
     ``old_logprobs`` (``algorithm.replay_sampling_support``)."""
-    row_keys: list[tuple[int, int]] = field(default_factory=list)
-    """(group position in the step, index in the group) of every row: unique over all ranks, so
-    the rows of all ranks sort into the order one process would have them in."""
+    row_keys: list[tuple[int, ...]] = field(default_factory=list)
+    """(group position in the step, index in the group) of every row, and the turn for a
+    trajectory split into turns: unique over all ranks, so the rows of all ranks sort into the
+    order one process would have them in."""
+    layout: TrajectoryLayout | None = None
+    """Set when trajectories are split into rows (:func:`training_rows`): how rows map to them."""
 
     @property
     def size(self) -> int:
@@ -65,7 +161,7 @@ def make_batch(
     correct: Sequence[bool],
     group_ids: Sequence[int],
     pad_id: int,
-    row_keys: Sequence[tuple[int, int]] | None = None,
+    row_keys: Sequence[tuple[int, ...]] | None = None,
 ) -> RolloutBatch:
     """Pad completions (with their prompts) into a :class:`RolloutBatch`.
 
@@ -122,7 +218,7 @@ def _keys_from_groups(group_ids: Sequence[int]) -> list[tuple[int, int]]:
     return keys
 
 
-def global_row_positions(row_keys: Sequence[tuple[int, int]]) -> tuple[list[int], int]:
+def global_row_positions(row_keys: Sequence[tuple[int, ...]]) -> tuple[list[int], int]:
     """Each local row's position among the rows of all ranks, and how many rows there are in all.
 
     Positions follow the sorted keys, which is the order of the rows in one process; mini-batches

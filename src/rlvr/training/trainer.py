@@ -50,7 +50,7 @@ from rlvr.rewards.composite import CompositeReward
 from rlvr.rollout.hf_engine import HFEngine
 from rlvr.rollout.types import SamplingParams
 from rlvr.tasks.base import Task
-from rlvr.training.batch import RolloutBatch, global_row_positions, make_batch
+from rlvr.training.batch import RolloutBatch, global_row_positions, make_batch, training_rows
 from rlvr.training.critic import Critic, value_metrics
 from rlvr.training.generate_ahead import GenerateAhead
 from rlvr.training.model import (
@@ -428,14 +428,33 @@ class Trainer:
             }
         if getattr(estimator, "takes_cut_values", False):  # SPO: filled by _cut_values
             components.update({name: batch.extra[name] for name in SPO_TENSOR_ARGS})
+        layout = batch.layout  # trajectories split into turns: the estimator sees whole trajectories
+        mask, group_ids, values = batch.response_mask, batch.group_ids, batch.extra.get("values")
+        if layout is not None:
+            rewards = layout.gather_tokens(rewards) if rewards.dim() == 2 else layout.gather_rows(rewards)
+            mask, group_ids = layout.gather_tokens(mask), layout.gather_rows(group_ids)
+            values = layout.gather_tokens(values) if values is not None else None
+            components = {
+                k: layout.gather_rows(v) if k == "reward_components" else v for k, v in components.items()
+            }
         adv = estimator(
             rewards=rewards,
-            mask=batch.response_mask,
-            group_ids=batch.group_ids,
-            values=batch.extra.get("values"),
+            mask=mask,
+            group_ids=group_ids,
+            values=values,
             **components,
             **hyperparameters_for(estimator, alg, ADVANTAGE_TENSOR_ARGS),
         )
+        if layout is not None:
+            width = batch.response_mask.shape[1]
+            adv = dataclasses.replace(
+                adv,
+                **{
+                    name: layout.scatter_tokens(getattr(adv, name), width)
+                    for name in ("advantages", "returns", "loss_mask")
+                    if getattr(adv, name) is not None
+                },
+            )
         metrics.update(adv.metrics)
         advantages = adv.advantages
         if adv.loss_mask is not None:  # tokens the policy loss leaves out (SPO's probability mask)
@@ -600,13 +619,30 @@ class Trainer:
             correct += group.correct
             group_ids += [g] * len(group.completions)
             keys += [(group.position, j) for j in range(len(group.completions))]
-        batch = make_batch(completions, rewards, correct, group_ids, self.engine.pad_id, row_keys=keys)
         parts = [c for group in groups for c in group.reward_components]  # GDPO's reward components
+        rows, layout = training_rows(completions)  # a trajectory rendered anew each turn: a row per turn
+        if layout is not None:
+            turn = [layout.trajectory[:r].count(t) for r, t in enumerate(layout.trajectory)]
+            keys = [(*keys[t], k) for t, k in zip(layout.trajectory, turn, strict=True)]
+            rewards, correct, group_ids, parts = (
+                [x[t] for t in layout.trajectory] if len(x) == len(completions) else x
+                for x in (rewards, correct, group_ids, parts)
+            )
+        batch = make_batch(rows, rewards, correct, group_ids, self.engine.pad_id, row_keys=keys)
+        batch.layout = layout
         if batch.size and len(parts) == batch.size:
             components = torch.tensor(parts, dtype=torch.float64)
             batch.extra["reward_components"] = components.reshape(batch.size, -1)
         if self.episodes is not None and self.config.env.turn_rewards:  # each step's reward on its turn's end
-            batch.extra["token_rewards"] = turn_reward_tensor(completions, tuple(batch.response_mask.shape))
+            if layout is None:
+                batch.extra["token_rewards"] = turn_reward_tensor(
+                    completions, tuple(batch.response_mask.shape)
+                )
+            else:
+                shape = (len(completions), max(layout.lengths, default=0) or 1)
+                batch.extra["token_rewards"] = layout.scatter_tokens(
+                    turn_reward_tensor(completions, shape), batch.response_mask.shape[1]
+                )
         return batch
 
     def _apply_completion_filters(
@@ -905,6 +941,7 @@ def _select_rows(batch: RolloutBatch, rows: list[int]) -> RolloutBatch:
         response_lengths=[batch.response_lengths[r] for r in rows],
         extra={k: v[index] for k, v in batch.extra.items()},
         row_keys=[batch.row_keys[r] for r in rows],
+        layout=None,  # read only before rows are dropped (by the advantage estimator)
     )
 
 
