@@ -701,9 +701,6 @@ def _validate_vllm_engine(config: Config) -> None:
         "nothing to overlap in this process; turn it off"
         if r.generate_ahead
         else None,
-        "env.name": "multi-turn rollouts drive the builtin engine's decode loop; use the builtin engine"
-        if config.env.name is not None
-        else None,
     }
     if r.server is not None and not r.server.startswith(("http://", "https://")):
         raise ConfigError(f"setting 'rollout.server' must be an http:// or https:// URL, got {r.server!r}")

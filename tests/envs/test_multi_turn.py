@@ -236,3 +236,42 @@ def test_environment_faults_drop_only_their_trajectory(plain):
     assert all("environment 'faulty'" in e and "crash" in e and "tool exploded" in e for e in errors[2:4])
     assert all("hang" in e and "no answer" in e for e in errors[4:6])
     assert all(t.turns >= 1 and t.reward > 0 for t in trajs[0:2] + trajs[6:8])
+
+
+class GenerateOnly:
+    """An engine that offers only ``generate`` (as vLLM does): the runner plays turn by turn."""
+
+    def __init__(self, inner):
+        self.inner, self.tokenizer, self.eos_ids, self.pad_id = (
+            inner,
+            inner.tokenizer,
+            inner.eos_ids,
+            inner.pad_id,
+        )
+        self.calls = 0
+
+    def generate(self, prompts, sampling):
+        self.calls += 1
+        return self.inner.generate(prompts, sampling)
+
+
+@pytest.mark.parametrize("fixture", ["plain", "chat"])
+def test_turn_by_turn_through_generate_plays_the_same_trajectories_as_the_kv_cache(fixture, request):
+    tok, model = request.getfixturevalue(fixture)
+    engine = HFEngine(model, tok)
+    chat = fixture == "chat"
+    kv = run(engine, temperature=0.0, chat=chat, n=1, count=4)
+    by_turns_engine = GenerateOnly(engine)
+    by_turns = run(by_turns_engine, temperature=0.0, chat=chat, n=1, count=4)
+    assert by_turns_engine.calls == max(t.turns for t in by_turns) >= 2  # one generate call per turn
+    assert any(0 in t.mask for t in by_turns)  # observations as holes of the stream
+    for a, b in zip(kv, by_turns, strict=True):
+        assert (a.token_ids, a.mask, a.turns, a.truncation, a.turn_ends) == (
+            b.token_ids,
+            b.mask,
+            b.turns,
+            b.truncation,
+            b.turn_ends,
+        )
+        assert b.segments is None  # one stream
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=0)

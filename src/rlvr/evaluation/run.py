@@ -408,9 +408,7 @@ def evaluate_target(config: EvalRunConfig, target: Target, out: Path, log: Any =
     # the environment's parameters checked before the weights load (the environments make the prompts)
     runners = {s.name: env_runner(env, s, config.max_new_tokens) for s in sets} if env is not None else {}
     settings = settings_record(config, target, sets, env)
-    if config.engine == "vllm":
-        if env is not None:
-            raise ConfigError("setting 'engine' is vllm: multi-turn evaluation needs the builtin engine")
+    if config.engine == "vllm":  # environments play turn by turn through its generate
         check_output_dir(out, settings, config.overwrite)
         engine = build_eval_engine(config.engine, target.model_path, config.device, config.dtype)
     else:

@@ -23,10 +23,14 @@ truncated with the reason in ``truncation`` (``max_turns``, ``turn_tokens``, ``c
 environment truncates has ``env``. An environment that raises or does not answer within
 ``step_timeout_s`` ends its trajectory with ``error`` set (the trainer leaves it out).
 
-Chat templates that rewrite earlier turns (:meth:`~rlvr.rollout.turn_format.ChatFormat.rewrites`)
-cannot be continued on the KV cache: there, each turn is sampled by the engine's ``generate`` from
-the whole conversation rendered anew by the template, and the trajectory keeps, per turn, the
-rendering it was sampled from (:class:`Segment`); the trainer makes each turn a row of its own.
+Turn by turn through ``generate``: an engine that holds its own copy of the policy (vLLM) has no
+decode loop to continue, so each turn is one batched ``generate`` call on every live trajectory's
+token stream so far (vLLM's prefix cache then skips what it has already encoded), with the same
+stream, masks and budgets as above. Chat templates that rewrite earlier turns
+(:meth:`~rlvr.rollout.turn_format.ChatFormat.rewrites`) cannot be continued as a stream with any
+engine: each turn is then sampled from the whole conversation rendered anew by the template, and the
+trajectory keeps, per turn, the rendering it was sampled from (:class:`Segment`); the trainer makes
+each turn a row of its own.
 """
 
 from __future__ import annotations
@@ -137,6 +141,8 @@ class _Row:
     observed: int = 0
     opening: int = 1
     """Messages of the first observation (the prompt) at the start of ``conversation``."""
+    weight_version: int | None = None
+    """The engine's weight version that sampled the first turn (engines with their own copy)."""
 
     @property
     def length(self) -> int:
@@ -144,7 +150,8 @@ class _Row:
 
 
 class MultiTurnRunner:
-    """Runs environments against a policy held by an :class:`~rlvr.rollout.hf_engine.HFEngine`.
+    """Runs environments against a policy: on the KV cache of an
+    :class:`~rlvr.rollout.hf_engine.HFEngine`, or turn by turn through any engine's ``generate``.
 
     ``make_env`` makes one environment (see :func:`rlvr.envs.base.env_factory`); ``format`` is
     plain | chat | auto (:mod:`rlvr.rollout.turn_format`); ``workers`` environment steps run at
@@ -173,12 +180,18 @@ class MultiTurnRunner:
         """
         total = len(problems) * sampling.n
         out: list[Trajectory] = []
-        per_chunk = max(1, engine.max_batch_sequences)
-        device = next(engine.model.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(sampling.seed)
         pool = futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rlvr-env")
-        was_training = engine.model.training
-        engine.model.eval()
+        model = getattr(engine, "model", None)
+        if model is None:  # an engine with its own copy of the policy: turn by turn through generate
+            try:
+                return self._run_chunk(engine, problems, list(range(total)), sampling, None, pool)
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
+        per_chunk = max(1, engine.max_batch_sequences)
+        device = next(model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(sampling.seed)
+        was_training = model.training
+        model.eval()
         autocast = (
             torch.autocast(device_type=device.type, dtype=engine.autocast_dtype)
             if engine.autocast_dtype is not None
@@ -190,7 +203,7 @@ class MultiTurnRunner:
                     indices = list(range(start, min(total, start + per_chunk)))
                     out += self._run_chunk(engine, problems, indices, sampling, generator, pool)
         finally:
-            engine.model.train(was_training)
+            model.train(was_training)
             pool.shutdown(wait=False, cancel_futures=True)
         return out
 
@@ -238,10 +251,12 @@ class MultiTurnRunner:
                 [{"role": "user", "content": first}] if isinstance(first, str) else [dict(m) for m in first]
             )
             rows.append(_Row(i, i // n, env, prompt, conversation, opening=len(conversation)))
-        if rows and fmt.rewrites(getattr(rows[0].env, "observation_role", "user")):
-            self._decode_rendered(engine, rows, fmt, sampling, pool, problems, done, indices[0])
-        elif rows:
-            self._decode(engine, rows, fmt, sampling, generator, pool, problems, done)
+        if rows:
+            rendered = fmt.rewrites(getattr(rows[0].env, "observation_role", "user"))
+            if rendered or generator is None:
+                self._decode_by_turns(engine, rows, fmt, sampling, pool, problems, done, indices[0], rendered)
+            else:
+                self._decode(engine, rows, fmt, sampling, generator, pool, problems, done)
         return [done[i] for i in indices]
 
     def _decode(self, engine, rows, fmt, sampling, generator, pool, problems, done) -> None:
@@ -323,18 +338,25 @@ class MultiTurnRunner:
                 ).float()
                 next_position = next_position + 1
 
-    def _decode_rendered(self, engine, rows, fmt, sampling, pool, problems, done, first_index) -> None:
-        """Turn by turn, for a template that rewrites earlier turns: render every conversation, let
-        the engine sample each one's turn, step the environments, repeat."""
+    def _decode_by_turns(
+        self, engine, rows, fmt, sampling, pool, problems, done, first_index, rendered
+    ) -> None:
+        """Turn by turn through ``engine.generate``: every live trajectory's context (its token
+        stream so far, or with ``rendered`` its conversation rendered anew by the template), one
+        turn sampled for each in one call, the environments stepped together; repeat."""
         limits, tokenizer = self.limits, engine.tokenizer
         stops = tuple(dict.fromkeys((*getattr(rows[0].env, "stop_strings", ()), *sampling.stop_strings)))
-        for row in rows:
-            row.segments = []
+        if rendered:
+            for row in rows:
+                row.segments = []
         active, turn = list(rows), 0
         while active:
             contexts = []
             for row in list(active):
-                context = row.prompt if turn == 0 else fmt.conversation_ids(row.conversation)
+                if rendered:
+                    context = row.prompt if turn == 0 else fmt.conversation_ids(row.conversation)
+                else:
+                    context, row.pending = row.prompt + row.ids, []
                 if len(context) + 1 > limits.max_context_tokens:
                     self._finish(row, "context", done)
                     active.remove(row)
@@ -352,6 +374,7 @@ class MultiTurnRunner:
             completions = engine.generate(contexts, turn_sampling)
             ended = []
             for row, context, c in zip(active, contexts, completions, strict=True):
+                row.weight_version = c.weight_version if row.weight_version is None else row.weight_version
                 tokens, logprobs = list(c.token_ids), list(c.logprobs)
                 room = limits.max_context_tokens - len(context)
                 over = len(tokens) > room or (
@@ -359,7 +382,8 @@ class MultiTurnRunner:
                 )
                 tokens, logprobs = tokens[:room], logprobs[:room]
                 start = len(row.ids)
-                row.segments.append(Segment(list(context), start, start + len(tokens)))
+                if rendered:
+                    row.segments.append(Segment(list(context), start, start + len(tokens)))
                 row.ids += tokens
                 row.mask += [1] * len(tokens)
                 row.logprobs += logprobs
@@ -485,6 +509,7 @@ class MultiTurnRunner:
             error=error,
             conversation=row.conversation,
             segments=list(row.segments) if row.segments is not None else None,
+            weight_version=row.weight_version,
             observed_tokens=row.observed if row.segments is not None else None,
         )
         with contextlib.suppress(Exception):
