@@ -8,8 +8,10 @@ scaling out changes no algorithm code.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -76,14 +78,30 @@ def init_from_environment(*, timeout_s: float, use_cuda: bool) -> bool:
     return True
 
 
+_BEFORE_LEAVING: list[Callable[[], None]] = []
+
+
+def before_leaving(close: Callable[[], None]) -> None:
+    """Run ``close`` when this process leaves its process group (:func:`shutdown`), before the group
+    is destroyed: for what shares the group and tears down groups of its own on exit (an in-process
+    vLLM engine builds its groups on top of the trainer's)."""
+    _BEFORE_LEAVING.append(close)
+
+
 def shutdown(synchronize: bool = False) -> None:
     """Leave the process group. With ``synchronize`` (a run that ended normally) every rank first waits
     for the others: a rank that tears its group down while another still works (rank 0 writing the
-    final model) can abort at exit. After an error there is no waiting: another rank may be dead."""
+    final model) can abort at exit. After an error there is no waiting: another rank may be dead.
+    What :func:`before_leaving` registered runs first (errors in it are ignored: the process is
+    leaving)."""
     if is_distributed():
         if synchronize:
             dist.barrier()
-        dist.destroy_process_group()
+        while _BEFORE_LEAVING:
+            with contextlib.suppress(Exception):
+                _BEFORE_LEAVING.pop()()
+        if is_distributed():  # what ran before may have destroyed the default group itself
+            dist.destroy_process_group()
 
 
 def barrier() -> None:

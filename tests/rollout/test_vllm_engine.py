@@ -431,3 +431,48 @@ def test_grpo_steps_in_an_environment_with_vllm(tmp_path):
         assert metrics["mismatch/abs_log_ratio_max"] < PARITY
         updated += "vllm/weight_version" in metrics
     assert updated >= 1
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_ranks_each_with_its_engine(tmp_path, strategy):
+    """torchrun with two ranks, one in-process engine each: the pushes (gathered whole from the
+    shards under fsdp2) pass the probe check at every push, the rollout's logprobs are the
+    trainer's, and the run leaves its process group cleanly (vLLM's groups are built on it)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "rlvr",
+        "train",
+        "recipes/quickstart.yaml",
+        "rollout.engine=vllm",
+        "rollout.vllm_eager=true",
+        "rollout.vllm_check_every=1",
+        f"parallel.strategy={strategy}",
+        "training.steps=3",
+        "rollout.prompts_per_step=4",
+        "rollout.samples_per_prompt=4",
+        "eval.num_problems=8",
+        "checkpoint.every=0",
+        "logging.sample_every=0",
+        "logging.tensorboard=false",
+        f"logging.output_dir={out}",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=540, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    probes = [r["vllm/probe_abs_diff"] for r in rows if "vllm/probe_abs_diff" in r]
+    assert probes and max(probes) < 1e-4
+    assert all(r["mismatch/k3_kl"] < 1e-6 for r in rows if "mismatch/k3_kl" in r)
+    assert (out / "final").is_dir()

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from rlvr.distributed import before_leaving
 from rlvr.errors import ConfigError, RLVRError
 from rlvr.rollout.hf_engine import _check_prompts, _check_sampling, _eos_ids
 from rlvr.rollout.types import Completion, SamplingParams
@@ -112,9 +113,11 @@ def served_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     weights nor the adapters are modified, so there is nothing to unmerge afterwards: the trainer's
     model is bit-identical before and after (tested). Only plain LoRA on linear layers is handled;
     DoRA, LoRA biases, LoRA on embeddings and peft's ``modules_to_save`` are errors.
+
+    A model sharded by FSDP2: each tensor gathered whole (a collective: every rank pushes at once).
     """
     if not hasattr(model, "peft_config"):
-        return model.state_dict()
+        return {k: _whole(v) for k, v in model.state_dict().items()}
     from peft.tuners.lora import Linear as LoraLinear
     from peft.tuners.lora import LoraLayer
 
@@ -130,7 +133,7 @@ def served_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
                 raise RLVRError(
                     f"cannot push {key!r} into vLLM: only LoRA adapters on linear layers are merged for it"
                 )
-            state[key] = tensor
+            state[key] = _whole(tensor)
             continue
         if owner + ".weight" in state:
             continue  # this layer's entries were all written at its first key
@@ -150,7 +153,7 @@ def _merged_lora_linear(name: str, layer: Any, linear_type: type) -> dict[str, t
     if layer.merged:
         raise RLVRError(f"cannot push layer {name!r} into vLLM: its adapter is merged into the base weights")
     base = layer.get_base_layer()
-    weight = base.weight.detach()
+    weight = _whole(base.weight.detach())
     merged = weight
     adapters = [] if layer.disable_adapters else [a for a in layer.active_adapters if a in layer.lora_A]
     for adapter in adapters:
@@ -158,8 +161,8 @@ def _merged_lora_linear(name: str, layer: Any, linear_type: type) -> dict[str, t
             raise RLVRError(
                 f"cannot push layer {name!r} into vLLM: DoRA and LoRA biases are not merged for it"
             )
-        a = layer.lora_A[adapter].weight.detach().to(weight.dtype)  # [rank, in]
-        b = layer.lora_B[adapter].weight.detach().to(weight.dtype)  # [out, rank]
+        a = _whole(layer.lora_A[adapter].weight.detach()).to(weight.dtype)  # [rank, in]
+        b = _whole(layer.lora_B[adapter].weight.detach()).to(weight.dtype)  # [out, rank]
         scaling = float(layer.scaling[adapter])
         if layer.fan_in_fan_out:  # the base weight is stored [in, out]
             merged = torch.addmm(merged, a.T, b.T, alpha=scaling)
@@ -167,8 +170,15 @@ def _merged_lora_linear(name: str, layer: Any, linear_type: type) -> dict[str, t
             merged = torch.addmm(merged, b, a, alpha=scaling)
     out = {f"{name}.weight": merged}
     if getattr(base, "bias", None) is not None:
-        out[f"{name}.bias"] = base.bias.detach()
+        out[f"{name}.bias"] = _whole(base.bias.detach())
     return out
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor sharded over the ranks (a DTensor of FSDP2) gathered whole; any other as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 class VLLMEngine:
@@ -243,6 +253,13 @@ class VLLMEngine:
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         self.weight_version = 0
         """Weight pushes so far: 0 serves the weights it was built from."""
+        # Under torchrun vLLM builds its groups on the trainer's process group and, when it shuts
+        # down at exit, destroys that group too: shut it down before the trainer leaves the group.
+        before_leaving(self.close)
+
+    def close(self) -> None:
+        """Shut the engine down (its memory and its process groups); it cannot generate afterwards."""
+        self.llm.llm_engine.engine_core.shutdown()
 
     @classmethod
     def for_policy(cls, model: torch.nn.Module, tokenizer: Any, model_path: str, **kwargs: Any) -> VLLMEngine:

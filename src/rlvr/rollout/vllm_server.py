@@ -118,6 +118,9 @@ class VLLMServerEngine(VLLMEngine):
             "skip_special_tokens": True,
         }
 
+    def close(self) -> None:
+        """Nothing to shut down here: the server is its owner's."""
+
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         """As :meth:`VLLMEngine.generate`, one request per prompt, sent concurrently."""
         _check_sampling(sampling)

@@ -45,11 +45,6 @@ def build_vllm_engine(
     c = config
     if c.rollout.server is not None:
         return _server_engine(c, model, tokenizer)
-    if world_size() > 1 and c.parallel.strategy == "fsdp2":
-        raise ConfigError(
-            "rollout.engine 'vllm' with parallel.strategy 'fsdp2' is not supported yet: the weights are "
-            "pushed from a full replica per rank (use ddp, or the builtin engine)"
-        )
     return VLLMEngine.for_policy(
         model,
         tokenizer,
