@@ -32,3 +32,42 @@ def test_micro_batches_cover_every_row_once_within_the_token_budget():
             # positions count real tokens only, so left padding does not shift them
             assert mb.position_ids[j, p - len(c.prompt_ids)].item() == 0
     assert sorted(seen) == list(range(24))
+
+
+def test_training_rows_split_trajectories_by_turn_and_the_layout_maps_them_back():
+    from rlvr.rollout.multi_turn import Segment, Trajectory
+    from rlvr.rollout.types import Completion
+    from rlvr.training.batch import training_rows
+
+    whole = Completion(0, [1, 2], [3, 4, 5], [-0.1, -0.2, -0.3], "", "stop")
+    assert training_rows([whole, whole]) == ([whole, whole], None)  # nothing split: the completions
+    split = Trajectory(
+        1,
+        [7],
+        [10, 11, 12, 13, 14],
+        [-1.0, -2.0, -3.0, -4.0, -5.0],
+        "",
+        "stop",
+        mask=[1] * 5,
+        segments=[Segment([7], 0, 2), Segment([7, 10, 11, 99], 2, 5)],
+    )
+    rows, layout = training_rows([whole, split])
+    assert [(r.prompt_ids, r.token_ids, r.logprobs) for r in rows] == [
+        ([1, 2], [3, 4, 5], [-0.1, -0.2, -0.3]),
+        ([7], [10, 11], [-1.0, -2.0]),
+        ([7, 10, 11, 99], [12, 13, 14], [-3.0, -4.0, -5.0]),
+    ]
+    assert (layout.trajectory, layout.offset, layout.widths, layout.lengths) == (
+        [0, 1, 1],
+        [0, 0, 2],
+        [3, 2, 3],
+        [3, 5],
+    )
+    assert layout.turns == [0, 0, 1] and layout.first_rows == [0, 1]
+    batch = make_batch(rows, [1.0, 2.0, 2.0], [True, False, False], [0, 1, 1], 0)
+    whole_rows = layout.gather_tokens(batch.old_logprobs)  # [trajectories, L]: the turns end to end
+    torch.testing.assert_close(
+        whole_rows, torch.tensor([[-0.1, -0.2, -0.3, 0.0, 0.0], [-1.0, -2.0, -3.0, -4.0, -5.0]])
+    )
+    assert torch.equal(layout.scatter_tokens(whole_rows, batch.old_logprobs.shape[1]), batch.old_logprobs)
+    assert layout.gather_rows(batch.rewards).tolist() == [1.0, 2.0]

@@ -49,6 +49,16 @@ class TrajectoryLayout:
     """Per trajectory, its number of tokens."""
 
     @property
+    def turns(self) -> list[int]:
+        """Per row, its place among its trajectory's rows (0 for the first)."""
+        seen: dict[int, int] = {}
+        out = []
+        for t in self.trajectory:
+            out.append(seen.get(t, 0))
+            seen[t] = out[-1] + 1
+        return out
+
+    @property
     def first_rows(self) -> list[int]:
         """Per trajectory, its first row."""
         first: dict[int, int] = {}

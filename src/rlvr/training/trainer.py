@@ -622,8 +622,7 @@ class Trainer:
         parts = [c for group in groups for c in group.reward_components]  # GDPO's reward components
         rows, layout = training_rows(completions)  # a trajectory rendered anew each turn: a row per turn
         if layout is not None:
-            turn = [layout.trajectory[:r].count(t) for r, t in enumerate(layout.trajectory)]
-            keys = [(*keys[t], k) for t, k in zip(layout.trajectory, turn, strict=True)]
+            keys = [(*keys[t], k) for t, k in zip(layout.trajectory, layout.turns, strict=True)]
             rewards, correct, group_ids, parts = (
                 [x[t] for t in layout.trajectory] if len(x) == len(completions) else x
                 for x in (rewards, correct, group_ids, parts)
