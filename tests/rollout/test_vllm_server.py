@@ -137,6 +137,33 @@ def test_server_generation_seeds_stop_strings_and_parity(server, toy, tmp_path):
     engine.check_weights(model)
 
 
+def test_environments_play_turn_by_turn_against_the_server(server, toy, tmp_path):
+    """Before any push (the server still serves the toy's weights): greedy calculator trajectories
+    through the server equal the built-in engine's KV-cache ones, observations included."""
+    from rlvr.rollout.hf_engine import HFEngine
+    from rlvr.training.trainer import Trainer
+
+    tokenizer, model = toy
+    overrides = [
+        "task.params.num_train=16",
+        "task.params.num_test=2",
+        "env.name=calculator",
+        "env.max_turns=3",
+        "env.max_turn_tokens=12",
+        "env.max_context_tokens=160",
+        f"logging.output_dir={tmp_path / 'run'}",
+    ]
+    trainer = Trainer(load_config("recipes/quickstart.yaml", overrides), log=lambda *a: None)
+    problems = list(trainer.task.train)[:6]
+    greedy = SamplingParams(n=1, temperature=0.0, seed=0)
+    builtin = trainer.episodes.run(HFEngine(model, tokenizer), problems, greedy)
+    served = trainer.episodes.run(_engine(server[0], tokenizer, model, tmp_path), problems, greedy)
+    assert any(0 in t.mask for t in builtin)
+    for a, b in zip(builtin, served, strict=True):
+        assert (a.token_ids, a.mask, a.turns, a.truncation) == (b.token_ids, b.mask, b.turns, b.truncation)
+        assert b.weight_version == 0 and b.error is None
+
+
 def test_server_weight_push_changes_samples_and_is_verified(server, toy, tmp_path):
     tokenizer, base = toy
     model = copy.deepcopy(base)
