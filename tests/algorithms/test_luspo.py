@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from loss_cases import F64, random_batch, run, t
 
 from rlvr.algorithms.aggregation import AGGREGATIONS
 from rlvr.algorithms.config import AlgorithmConfig, hyperparameters_for
@@ -11,30 +12,8 @@ from rlvr.algorithms.losses import POLICY_LOSS_TENSOR_ARGS, POLICY_LOSSES
 from rlvr.algorithms.validation import validate_algorithm_config
 from rlvr.errors import ConfigError
 
-F64 = torch.float64
-
-
-def t(rows):
-    return torch.tensor(rows, dtype=F64)
-
-
-def run(name, logprobs, old_logprobs, advantages, mask, **kw):
-    lp = logprobs.detach().clone().requires_grad_(True)
-    out = POLICY_LOSSES.get(name)(
-        logprobs=lp, old_logprobs=old_logprobs, advantages=advantages, mask=mask, **kw
-    )
-    (grad,) = torch.autograd.grad(out.loss, lp, allow_unused=True)
-    return out, torch.zeros_like(lp) if grad is None else grad
-
-
-def random_batch(seed, b=4, width=5, spread=0.004):
-    g = torch.Generator().manual_seed(seed)
-    old = -torch.rand(b, width, generator=g, dtype=F64) * 3 - 0.05
-    lp = old + spread * (torch.rand(b, width, generator=g, dtype=F64) - 0.5)
-    mask = torch.rand(b, width, generator=g) > 0.3
-    mask[:, 0] = True
-    adv = torch.randn(b, 1, generator=g, dtype=F64).expand(b, width) * mask
-    return lp, old, adv, mask
+NEAR = 0.004
+"""Log-ratio spread of the random batches: inside LUSPO's clip range."""
 
 
 # --- registry and config --------------------------------------------------------------------------
@@ -62,7 +41,7 @@ def test_config_errors_name_the_key(field, value, message):
 
 
 def test_function_rejects_bad_hyperparameters_by_name():
-    lp, old, adv, mask = random_batch(0)
+    lp, old, adv, mask = random_batch(0, spread=NEAR)
     with pytest.raises(ConfigError, match="luspo_eps_low must be <= 1"):
         run("luspo", lp, old, adv, mask, luspo_eps_low=2.0)
     with pytest.raises(ConfigError, match="luspo_eps_high must be >= 0"):
@@ -136,7 +115,7 @@ def test_equals_gspo_under_seq_mean_token_sum(spread):
 
 
 def test_equal_lengths_scale_gspo_by_the_length():
-    lp, old, adv, _ = random_batch(4)
+    lp, old, adv, _ = random_batch(4, spread=NEAR)
     mask = torch.ones_like(lp, dtype=torch.bool)
     for mode in AGGREGATIONS.names():
         out, g = run("luspo", lp, old, adv, mask, aggregation=mode, norm_length=5)
@@ -149,7 +128,7 @@ def test_equal_lengths_scale_gspo_by_the_length():
 
 def test_on_policy_gradient_is_the_plain_policy_gradient():
     # At ratio 1 the gradient is -A grad log pi(y|x) / G: ppo_clip's under seq-mean-token-sum.
-    _, old, adv, mask = random_batch(0)
+    _, old, adv, mask = random_batch(0, spread=NEAR)
     _, g_ref = run("ppo_clip", old, old, adv, mask, aggregation="seq-mean-token-sum")
     _, g = run("luspo", old, old, adv, mask)
     torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-12)
@@ -174,7 +153,7 @@ def test_gradcheck_with_sequence_constant_advantages(mode):
 
 @pytest.mark.parametrize("mode", AGGREGATIONS.names())
 def test_padding_values_change_nothing(mode):
-    lp, old, adv, mask = random_batch(1)
+    lp, old, adv, mask = random_batch(1, spread=NEAR)
     kw = dict(aggregation=mode, norm_length=5)
     out, g = run("luspo", lp, old, adv, mask, **kw)
     noisy = [x.clone() for x in (lp, old, adv)]
@@ -191,7 +170,7 @@ def test_padding_values_change_nothing(mode):
 
 
 def test_permuting_sequences_permutes_gradients():
-    lp, old, adv, mask = random_batch(5)
+    lp, old, adv, mask = random_batch(5, spread=NEAR)
     perm = torch.tensor([2, 0, 3, 1])
     out, g = run("luspo", lp, old, adv, mask)
     out_p, g_p = run("luspo", lp[perm], old[perm], adv[perm], mask[perm])
@@ -201,7 +180,7 @@ def test_permuting_sequences_permutes_gradients():
 
 @pytest.mark.parametrize("mode", AGGREGATIONS.names())
 def test_micro_batches_with_global_counts_add_up_to_the_full_batch(mode):
-    lp, old, adv, mask = random_batch(2, b=6)
+    lp, old, adv, mask = random_batch(2, b=6, spread=NEAR)
     full, g_full = run("luspo", lp, old, adv, mask, aggregation=mode, norm_length=5)
     kw = dict(aggregation=mode, norm_length=5, num_tokens=mask.sum().item(), num_sequences=6)
     parts = [
@@ -212,7 +191,7 @@ def test_micro_batches_with_global_counts_add_up_to_the_full_batch(mode):
 
 
 def test_zero_advantage_sequences_contribute_nothing():
-    lp, old, adv, mask = random_batch(6)
+    lp, old, adv, mask = random_batch(6, spread=NEAR)
     adv = adv.clone()
     adv[1] = 0.0
     _, g = run("luspo", lp, old, adv, mask)

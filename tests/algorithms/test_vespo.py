@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from loss_cases import F64, random_batch, run, t
 
 from rlvr.algorithms.aggregation import AGGREGATIONS
 from rlvr.algorithms.config import AlgorithmConfig, hyperparameters_for
@@ -12,31 +13,7 @@ from rlvr.algorithms.sequence_objectives import vespo_kernel
 from rlvr.algorithms.validation import validate_algorithm_config
 from rlvr.errors import ConfigError
 
-F64 = torch.float64
 PAPER = dict(vespo_c1_pos=2.0, vespo_c2_pos=3.0, vespo_c1_neg=3.0, vespo_c2_neg=2.0)
-
-
-def t(rows):
-    return torch.tensor(rows, dtype=F64)
-
-
-def run(name, logprobs, old_logprobs, advantages, mask, **kw):
-    lp = logprobs.detach().clone().requires_grad_(True)
-    out = POLICY_LOSSES.get(name)(
-        logprobs=lp, old_logprobs=old_logprobs, advantages=advantages, mask=mask, **kw
-    )
-    (grad,) = torch.autograd.grad(out.loss, lp, allow_unused=True)
-    return out, torch.zeros_like(lp) if grad is None else grad
-
-
-def random_batch(seed, b=4, width=5, spread=0.4):
-    g = torch.Generator().manual_seed(seed)
-    old = -torch.rand(b, width, generator=g, dtype=F64) * 3 - 0.05
-    lp = old + spread * (torch.rand(b, width, generator=g, dtype=F64) - 0.5)
-    mask = torch.rand(b, width, generator=g) > 0.3
-    mask[:, 0] = True
-    adv = torch.randn(b, 1, generator=g, dtype=F64).expand(b, width) * mask
-    return lp, old, adv, mask
 
 
 def phi(log_w, c1, c2):
