@@ -701,6 +701,10 @@ def _validate_vllm_engine(config: Config) -> None:
         "nothing to overlap in this process; turn it off"
         if r.generate_ahead
         else None,
+        "parallel.cpu_offload": "every push gathers the policy's shards whole, and shards offloaded to "
+        "host memory cannot be gathered over NCCL; keep them on the device"
+        if config.parallel.cpu_offload
+        else None,
     }
     if r.server is not None and not r.server.startswith(("http://", "https://")):
         raise ConfigError(f"setting 'rollout.server' must be an http:// or https:// URL, got {r.server!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -78,14 +79,15 @@ def init_from_environment(*, timeout_s: float, use_cuda: bool) -> bool:
     return True
 
 
-_BEFORE_LEAVING: list[Callable[[], None]] = []
+_BEFORE_LEAVING: list[weakref.WeakMethod] = []
 
 
 def before_leaving(close: Callable[[], None]) -> None:
-    """Run ``close`` when this process leaves its process group (:func:`shutdown`), before the group
-    is destroyed: for what shares the group and tears down groups of its own on exit (an in-process
-    vLLM engine builds its groups on top of the trainer's)."""
-    _BEFORE_LEAVING.append(close)
+    """Run the bound method ``close`` when this process leaves its process group (:func:`shutdown`),
+    before the group is destroyed: for what shares the group and tears down groups of its own on
+    exit (an in-process vLLM engine builds its groups on top of the trainer's). Held by a weak
+    reference: an object dropped before then is not kept alive for it."""
+    _BEFORE_LEAVING.append(weakref.WeakMethod(close))  # type: ignore[arg-type]
 
 
 def shutdown(synchronize: bool = False) -> None:
@@ -98,8 +100,10 @@ def shutdown(synchronize: bool = False) -> None:
         if synchronize:
             dist.barrier()
         while _BEFORE_LEAVING:
-            with contextlib.suppress(Exception):
-                _BEFORE_LEAVING.pop()()
+            close = _BEFORE_LEAVING.pop()()
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
         if is_distributed():  # what ran before may have destroyed the default group itself
             dist.destroy_process_group()
 

@@ -106,7 +106,7 @@ def test_each_turn_is_sampled_from_the_conversation_rendered_anew_and_trained_as
             previous = s.prompt_ids + t.token_ids[s.start : s.end]
         assert t.segments[-1].end == len(t.token_ids)
         # the answers and the observations between them (the one after the last answer is never fed)
-        assert t.text == "".join(m["content"] for m in t.conversation[1 : answers[-1] + 1])
+        assert t.text == "\n".join(m["content"] for m in t.conversation[1 : answers[-1] + 1])
         assert t.turn_ends == [s.end - 1 for s in t.segments][: len(t.turn_ends)]
     assert rewritten and any(t.turns >= 3 for t in trajs)
     # one row per turn; the trainer's logprobs equal the rollout's: importance ratio 1
@@ -187,15 +187,31 @@ def agent_groups(tmp_path_factory):
 
 
 def _trainer(out, preset, name, *more):
-    extra = [*more, *(["env.turn_rewards=true"] if preset in ("ppo", "reinforce_pp") else [])]
-    config = load_config(None, [*AGENT, f"preset={preset}", *extra, f"logging.output_dir={out / name}"])
+    config = load_config(None, [*AGENT, f"preset={preset}", *more, f"logging.output_dir={out / name}"])
     return Trainer(config, log=lambda s: None)
 
 
-@pytest.mark.parametrize("preset", ["grpo", "rloo", "reinforce_pp", "ppo", "vapo", "dapo"])
-def test_a_trajectory_split_into_turns_gets_the_advantages_of_the_whole(agent_groups, preset):
+TURN_REWARDS = ["env.turn_rewards=true"]
+KL_IN_REWARD = ["algorithm.kl_coef=0.05", "algorithm.kl_placement=reward"]  # the toy as its own reference
+
+
+@pytest.mark.parametrize(
+    "preset, more",
+    [
+        ("grpo", []),
+        ("rloo", []),
+        ("reinforce_pp", TURN_REWARDS),
+        ("reinforce_pp", KL_IN_REWARD),  # the outcome folded with the KL: on the last turn only
+        ("ppo", TURN_REWARDS),
+        ("ppo", KL_IN_REWARD),
+        ("vapo", []),
+        ("dapo", []),
+    ],
+    ids=lambda v: "+".join(x.split("=")[0].split(".")[-1] for x in v) if isinstance(v, list) else v,
+)
+def test_a_trajectory_split_into_turns_gets_the_advantages_of_the_whole(agent_groups, preset, more):
     out, whole_groups, split_groups = agent_groups
-    trainer = _trainer(out, preset, f"adv-{preset}")
+    trainer = _trainer(out, preset, f"adv-{preset}-{len(more)}", *more)
     whole = trainer._make_batch(copy.deepcopy(whole_groups))
     split = trainer._make_batch(copy.deepcopy(split_groups))
     assert whole.layout is None and split.size > whole.size
@@ -212,6 +228,24 @@ def test_a_trajectory_split_into_turns_gets_the_advantages_of_the_whole(agent_gr
             expected = whole.extra[name][i][keep]
             torch.testing.assert_close(rows[i, : len(expected)], expected, atol=1e-5, rtol=1e-5)
     assert split.extra["advantages"].abs().sum() > 0
+
+
+def test_cppo_keeps_or_drops_a_split_trajectory_whole_as_it_would_the_trajectory(agent_groups):
+    out, whole_groups, split_groups = agent_groups
+    trainer = _trainer(out, "cppo", "cppo", "algorithm.cppo_pruning_rate=0.5")
+    kept = []
+    for groups in (whole_groups, split_groups):
+        batch = trainer._make_batch(copy.deepcopy(groups))
+        trainer.prepare_advantages(batch)
+        metrics = {}
+        batch = trainer._apply_completion_filters(batch, ("cppo",), metrics)
+        kept.append(([tuple(k[:2]) for k in batch.row_keys], metrics))
+    (whole, whole_metrics), (split, split_metrics) = kept
+    assert sorted(set(split)) == sorted(whole) and len(whole) < 12  # the same trajectories, some dropped
+    turns = {key: sum(1 for k in split if k == key) for key in whole}
+    expected = {(g.position, j): len(t.segments) for g in split_groups for j, t in enumerate(g.completions)}
+    assert all(turns[key] == expected[key] for key in whole)  # every turn of a kept trajectory
+    assert split_metrics == whole_metrics
 
 
 @pytest.mark.parametrize("preset", ["dapo", "vapo"])
@@ -257,8 +291,9 @@ def test_a_chat_model_whose_template_rewrites_earlier_turns_trains_in_an_environ
     result = trainer.run()
     assert result.steps == 2
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    step = next(r for r in rows if r.get("step") == 1 and "env/turns" in r)
-    assert step["env/turns"] >= 1 and step["env/errors"] == 0 and step["env/tokens_observed"] > 0
-    assert step["optim/updates"] >= 1
+    steps = [r for r in rows if "env/turns" in r]
+    assert len(steps) == 2 and all(r["env/turns"] >= 1 and r["env/errors"] == 0 for r in steps)
+    assert max(r["env/turns"] for r in steps) > 1 and max(r["env/tokens_observed"] for r in steps) > 0
+    assert all(r["optim/updates"] >= 1 for r in steps)
     sample = json.loads((tmp_path / "run" / "samples.jsonl").read_text().splitlines()[0])
     assert [m["role"] for m in sample["conversation"]][:2] == ["user", "assistant"]

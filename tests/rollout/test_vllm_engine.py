@@ -15,15 +15,13 @@ import torch
 pytestmark = pytest.mark.vllm
 pytest.importorskip("vllm")
 
+from vllm_cases import PARITY, rollout_and_trainer_logprobs  # noqa: E402
+
 from rlvr.config import load_config  # noqa: E402
 from rlvr.rollout.hf_engine import HFEngine  # noqa: E402
 from rlvr.rollout.types import SamplingParams  # noqa: E402
 from rlvr.rollout.vllm_engine import VLLMEngine, WeightSyncError  # noqa: E402
-from rlvr.training.batch import make_batch  # noqa: E402
 from rlvr.training.model import resolve_model_path  # noqa: E402
-from rlvr.training.update import compute_logprobs  # noqa: E402
-
-PARITY = 1e-4  # float32, the rollout's logprobs against the trainer's recomputation
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +46,6 @@ def _prompts(tokenizer):
         tokenizer.encode("User: 7+8="),
         tokenizer.encode("3+4"),
     ]
-
-
-def _recomputed(model, completions, temperature):
-    """The trainer's logprobs of the sampled tokens (rlvr.training.update.compute_logprobs)."""
-    batch = make_batch(
-        completions, [0.0] * len(completions), [False] * len(completions), list(range(len(completions))), 0
-    )
-    mask = batch.response_mask.bool()
-    trainer = compute_logprobs(model, batch, temperature, 4096, None)
-    return batch.old_logprobs[mask], trainer[mask]
 
 
 def test_n_samples_grouped_by_prompt_with_logprobs(engine, toy):
@@ -115,7 +103,7 @@ def test_logprobs_match_the_trainers_recomputation(engine, toy, temperature):
     out = engine.generate(
         _prompts(tokenizer), SamplingParams(n=4, max_new_tokens=32, temperature=temperature, seed=5)
     )
-    served, trainer = _recomputed(model, out, temperature)
+    served, trainer = rollout_and_trainer_logprobs(model, out, temperature)
     assert (served - trainer).abs().max().item() < PARITY
 
 
@@ -148,7 +136,9 @@ def test_weight_push_changes_samples_keeps_parity_and_resets_the_prefix_cache(to
     after = engine.generate(prompts, sampling)
     assert all(c.weight_version == 1 for c in after)
     assert [c.token_ids for c in after] != [c.token_ids for c in before]
-    served, trainer = _recomputed(model, after, 1.0)  # the new weights, with no stale prefix KV
+    served, trainer = rollout_and_trainer_logprobs(
+        model, after, 1.0
+    )  # the new weights, with no stale prefix KV
     assert (served - trainer).abs().max().item() < PARITY
 
 
@@ -358,7 +348,9 @@ def test_lora_push_serves_the_merged_weights_and_leaves_the_trainers_model_as_it
             _prompts(tokenizer), SamplingParams(n=4, max_new_tokens=32, temperature=temperature, seed=5)
         )
         assert all(c.weight_version == 1 for c in out)
-        served, trainer = _recomputed(model, out, temperature)  # the LoRA model's own forward
+        served, trainer = rollout_and_trainer_logprobs(
+            model, out, temperature
+        )  # the LoRA model's own forward
         assert (served - trainer).abs().max().item() < PARITY
 
 
@@ -413,10 +405,8 @@ def test_environments_play_turn_by_turn_through_vllm_as_on_the_kv_cache(tmp_path
         assert (a.token_ids, a.mask, a.turns, a.truncation) == (b.token_ids, b.mask, b.turns, b.truncation)
         assert b.weight_version == engine.weight_version
     sampled = trainer.episodes.run(engine, problems, SamplingParams(n=2, temperature=1.0, seed=5))
-    batch = make_batch(sampled, [0.0] * len(sampled), [False] * len(sampled), [0] * len(sampled), 0)
-    mask = batch.response_mask.bool()
-    recomputed = compute_logprobs(model, batch, 1.0, 4096, None)
-    assert (recomputed - batch.old_logprobs)[mask].abs().max() < PARITY
+    served, trainer = rollout_and_trainer_logprobs(model, sampled, 1.0)  # observation tokens left out
+    assert (served - trainer).abs().max() < PARITY
 
 
 def test_grpo_steps_in_an_environment_with_vllm(tmp_path):

@@ -38,6 +38,11 @@ def test_vllm_engine_settings_are_checked():
 
     with pytest.raises(ConfigError, match="generate_ahead"):
         load_config(None, ["rollout.engine=vllm", "rollout.generate_ahead=true"])
+    with pytest.raises(ConfigError, match="parallel.cpu_offload.*NCCL"):
+        load_config(
+            None,
+            ["rollout.engine=vllm", "parallel.strategy=fsdp2", "parallel.cpu_offload=true"],
+        )
     with pytest.raises(ConfigError, match="vllm_check_every"):
         load_config(None, ["rollout.vllm_check_every=-1"])
     assert load_config(None, []).rollout.engine == "builtin"

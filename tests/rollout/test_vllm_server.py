@@ -20,16 +20,14 @@ import torch
 pytestmark = pytest.mark.vllm
 pytest.importorskip("vllm")
 
+from vllm_cases import PARITY, rollout_and_trainer_logprobs  # noqa: E402
+
 from rlvr.config import load_config  # noqa: E402
 from rlvr.rollout.hf_engine import _eos_ids  # noqa: E402
 from rlvr.rollout.types import SamplingParams  # noqa: E402
 from rlvr.rollout.vllm_engine import WeightSyncError  # noqa: E402
 from rlvr.rollout.vllm_server import VLLMServerEngine, VLLMServerError  # noqa: E402
-from rlvr.training.batch import make_batch  # noqa: E402
 from rlvr.training.model import resolve_model_path  # noqa: E402
-from rlvr.training.update import compute_logprobs  # noqa: E402
-
-PARITY = 1e-4
 
 
 def _free_port() -> int:
@@ -114,12 +112,8 @@ def _prompts(tokenizer):
 
 
 def _max_diff(model, completions, temperature):
-    batch = make_batch(
-        completions, [0.0] * len(completions), [False] * len(completions), list(range(len(completions))), 0
-    )
-    mask = batch.response_mask.bool()
-    trainer = compute_logprobs(model, batch, temperature, 4096, None)
-    return (batch.old_logprobs[mask] - trainer[mask]).abs().max().item()
+    served, trainer = rollout_and_trainer_logprobs(model, completions, temperature)
+    return (served - trainer).abs().max().item()
 
 
 def test_server_generation_seeds_stop_strings_and_parity(server, toy, tmp_path):

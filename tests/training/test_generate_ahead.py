@@ -73,19 +73,25 @@ def test_the_last_step_starts_no_round(tmp_path):
     assert trainer.ahead.pending is None
 
 
-def test_a_checkpoint_carries_the_round_in_flight(tmp_path):
+ENV = ["env.name=calculator", "env.max_turns=3", "env.max_turn_tokens=12", "env.max_context_tokens=160"]
+
+
+@pytest.mark.parametrize("extra", [[], ENV], ids=["single_turn", "environment"])
+def test_a_checkpoint_carries_the_round_in_flight(tmp_path, extra):
     """Resumed from a checkpoint, a step trains on the round generated before the save, as the
-    uninterrupted run does: the same metrics and the same weights after it."""
-    first = _trainer(tmp_path, "rollout.generate_ahead=true")
+    uninterrupted run does: the same metrics and the same weights after it. Trajectories keep what
+    the environments recorded (observation holes, rewards, turns)."""
+    first = _trainer(tmp_path, "rollout.generate_ahead=true", *extra)
     first.train_step(0)
     first.train_step(1)
     first.step = 2
     first.save()
     assert first.ahead.pending is not None  # saving waited for the round, and kept it for step 2
 
-    resumed = _trainer(tmp_path, "rollout.generate_ahead=true")
+    resumed = _trainer(tmp_path, "rollout.generate_ahead=true", *extra)
     assert resumed.resume() and resumed.step == 2
     assert resumed.ahead.pending[0] == 2
+    assert resumed.ahead.pending[1].result().completions == first.ahead.pending[1].result().completions
     _same_metrics(resumed.train_step(2), first.train_step(2))
     for (name, p), q in zip(first.model.named_parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(p, q), name

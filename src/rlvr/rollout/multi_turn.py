@@ -346,6 +346,10 @@ class MultiTurnRunner:
         turn sampled for each in one call, the environments stepped together; repeat."""
         limits, tokenizer = self.limits, engine.tokenizer
         stops = tuple(dict.fromkeys((*getattr(rows[0].env, "stop_strings", ()), *sampling.stop_strings)))
+        # an engine with a length limit of its own (vLLM's max_model_len) bounds the context too
+        most = min(
+            limits.max_context_tokens, getattr(engine, "max_model_len", None) or limits.max_context_tokens
+        )
         if rendered:
             for row in rows:
                 row.segments = []
@@ -357,7 +361,7 @@ class MultiTurnRunner:
                     context = row.prompt if turn == 0 else fmt.conversation_ids(row.conversation)
                 else:
                     context, row.pending = row.prompt + row.ids, []
-                if len(context) + 1 > limits.max_context_tokens:
+                if len(context) + 1 > most:
                     self._finish(row, "context", done)
                     active.remove(row)
                 else:
@@ -369,14 +373,14 @@ class MultiTurnRunner:
                 n=1,
                 max_new_tokens=limits.max_turn_tokens,
                 stop_strings=stops,
-                seed=sampling.seed + 7919 * turn + 104729 * first_index,
+                seed=_turn_seed(sampling.seed, turn, first_index),
             )
             completions = engine.generate(contexts, turn_sampling)
             ended = []
             for row, context, c in zip(active, contexts, completions, strict=True):
                 row.weight_version = c.weight_version if row.weight_version is None else row.weight_version
                 tokens, logprobs = list(c.token_ids), list(c.logprobs)
-                room = limits.max_context_tokens - len(context)
+                room = most - len(context)
                 over = len(tokens) > room or (
                     len(tokens) == room and c.finish_reason == "length" and room < limits.max_turn_tokens
                 )
@@ -494,7 +498,7 @@ class MultiTurnRunner:
             logprobs=list(row.logprobs),
             text=self._tokenizer.decode(row.ids, skip_special_tokens=True)
             if row.segments is None
-            else "".join(m["content"] for m in row.conversation[row.opening :]),
+            else "\n".join(m["content"] for m in row.conversation[row.opening :]),
             finish_reason="stop" if stop else "length",
             mask=list(row.mask),
             reward=reward,
@@ -542,6 +546,13 @@ def runner_from_env_config(env: Any, task: Any, *, default_turn_tokens: int) -> 
         step_timeout_s=env.step_timeout_s,
         env_name=env.name,
     )
+
+
+def _turn_seed(seed: int, turn: int, first: int) -> int:
+    """The seed of one turn-by-turn ``generate`` call: distinct for every (seed, turn, first
+    trajectory) while turns < 2**12 and trajectories < 2**20, so that no two calls of a run share
+    their random draws (the callers' seeds differ by small steps: a step, a round, a rank)."""
+    return (seed * 2**32 + turn * 2**20 + first) % 2**62
 
 
 def _failed(prompt_index: int, error: str) -> Trajectory:

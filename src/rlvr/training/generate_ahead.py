@@ -33,12 +33,14 @@ completions as an uninterrupted one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 
 from rlvr.rollout.hf_engine import HFEngine
+from rlvr.rollout.multi_turn import Segment, Trajectory
 from rlvr.rollout.types import Completion
 from rlvr.training.rollouts import GeneratedRound, RolloutCollector
 
@@ -122,30 +124,56 @@ class GenerateAhead:
 
 def _completion_state(c: Completion) -> dict[str, Any]:
     # Logprobs as a float32 tensor: they came from float32 logits, so the values are kept exactly.
-    return {
+    state: dict[str, Any] = {
         "prompt_index": c.prompt_index,
         "prompt_ids": torch.tensor(c.prompt_ids, dtype=torch.long),
         "token_ids": torch.tensor(c.token_ids, dtype=torch.long),
         "logprobs": torch.tensor(c.logprobs, dtype=torch.float32),
         "text": c.text,
         "finish_reason": c.finish_reason,
-        **(
-            {"untruncated_logprobs": torch.tensor(c.untruncated_logprobs, dtype=torch.float32)}
-            if c.untruncated_logprobs is not None
-            else {}
-        ),
     }
+    if c.untruncated_logprobs is not None:
+        state["untruncated_logprobs"] = torch.tensor(c.untruncated_logprobs, dtype=torch.float32)
+    if c.mask is not None:  # a multi-turn trajectory's observation holes
+        state["mask"] = torch.tensor(c.mask, dtype=torch.long)
+    if c.weight_version is not None:
+        state["weight_version"] = c.weight_version
+    if isinstance(c, Trajectory):  # the rest of what the environments recorded
+        state["trajectory"] = {
+            name: getattr(c, name) for name in _TRAJECTORY_FIELDS if name not in ("segments", "conversation")
+        }
+        state["trajectory"]["conversation"] = [dict(m) for m in c.conversation]
+        state["trajectory"]["segments"] = (
+            None if c.segments is None else [[list(s.prompt_ids), s.start, s.end] for s in c.segments]
+        )
+    return state
 
 
 def _completion_from_state(state: dict[str, Any]) -> Completion:
-    return Completion(
+    common = dict(
         prompt_index=int(state["prompt_index"]),
         prompt_ids=state["prompt_ids"].tolist(),
         token_ids=state["token_ids"].tolist(),
         logprobs=state["logprobs"].tolist(),
         text=state["text"],
         finish_reason=state["finish_reason"],
+        mask=state["mask"].tolist() if "mask" in state else None,
+        weight_version=state.get("weight_version"),
         untruncated_logprobs=state["untruncated_logprobs"].tolist()
         if "untruncated_logprobs" in state
         else None,
     )
+    if "trajectory" not in state:
+        return Completion(**common)
+    fields = dict(state["trajectory"])
+    if fields["segments"] is not None:
+        fields["segments"] = [Segment(list(p), int(a), int(b)) for p, a, b in fields["segments"]]
+    return Trajectory(**common, **fields)
+
+
+_TRAJECTORY_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(Trajectory)
+    if f.name not in {g.name for g in dataclasses.fields(Completion)}
+)
+"""What a :class:`~rlvr.rollout.multi_turn.Trajectory` holds beyond a :class:`Completion`."""

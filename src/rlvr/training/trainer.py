@@ -25,7 +25,12 @@ from typing import Any
 
 import torch
 
-from rlvr.algorithms.advantages import ADVANTAGE_TENSOR_ARGS, ADVANTAGES, whiten_advantages
+from rlvr.algorithms.advantages import (
+    ADVANTAGE_TENSOR_ARGS,
+    ADVANTAGES,
+    outcome_to_token_rewards,
+    whiten_advantages,
+)
 from rlvr.algorithms.config import hyperparameters_for
 from rlvr.algorithms.distill import distillation_advantages, distillation_metrics, teacher_log_ratio
 from rlvr.algorithms.filters import apply_filters, filter_stages, sequence_advantages
@@ -378,6 +383,15 @@ class Trainer:
         # The policy's own logprobs, untruncated, against the reference and the teacher.
         policy_logprobs = batch.extra.get("untruncated_old_logprobs", batch.old_logprobs)
         rewards = batch.extra.pop("token_rewards", batch.rewards)  # [B, T] with env.turn_rewards
+        if batch.layout is not None and rewards.dim() == 1 and self._folds_into_rewards():
+            # every turn's row carries its trajectory's reward: on token rewards it goes on the
+            # trajectory's last token only, once
+            rewards = batch.layout.scatter_tokens(
+                outcome_to_token_rewards(
+                    batch.layout.gather_rows(rewards), batch.layout.gather_tokens(batch.response_mask)
+                ),
+                batch.response_mask.shape[1],
+            )
         if self.reference is not None:  # KL to the reference policy, in the loss or in the reward
             with self.reference.active() as ref_model:
                 batch.extra["ref_logprobs"] = compute_logprobs(
@@ -475,6 +489,13 @@ class Trainer:
         if self.critic is not None:
             metrics.update(value_metrics(batch.extra["values"], batch.extra["returns"], batch.response_mask))
         return metrics
+
+    def _folds_into_rewards(self) -> bool:
+        """Whether a KL term (to the reference, or a teacher's) is added to the token rewards."""
+        alg, distill = self.config.algorithm, self.config.distill
+        return (self.reference is not None and alg.kl_placement == "reward") or (
+            self.teacher is not None and distill.mode == "reward"
+        )
 
     def _cut_values(self, groups: list[ScoredGroup], batch: RolloutBatch) -> dict[str, float]:
         """SPO: ``batch.extra["sampling_logprobs"]`` (the rollout's logprobs, which define the cut
@@ -647,17 +668,22 @@ class Trainer:
     def _apply_completion_filters(
         self, batch: RolloutBatch, names: tuple[str, ...], metrics: dict
     ) -> RolloutBatch:
+        layout = batch.layout  # trajectories split into turns: a trajectory is kept or dropped whole
+        rows = layout.gather_rows if layout is not None else lambda x: x
+        tokens = layout.gather_tokens if layout is not None else lambda x: x
         out = apply_filters(
             names,
-            rewards=batch.rewards,
-            group_ids=batch.group_ids,
-            correct=batch.correct,
-            advantages=sequence_advantages(batch.extra["advantages"], batch.response_mask),
+            rewards=rows(batch.rewards),
+            group_ids=rows(batch.group_ids),
+            correct=rows(batch.correct),
+            advantages=sequence_advantages(tokens(batch.extra["advantages"]), tokens(batch.response_mask)),
             config=self.config.algorithm,
         )
         metrics.update(out.metrics)
-        keep = out.keep.nonzero().squeeze(1).tolist()
-        return _select_rows(batch, keep)
+        keep = (
+            out.keep if layout is None else out.keep[torch.tensor(layout.trajectory, device=out.keep.device)]
+        )
+        return _select_rows(batch, keep.nonzero().squeeze(1).tolist())
 
     # --- evaluation ----------------------------------------------------------------------------
 
