@@ -389,12 +389,18 @@ CALCULATOR = [
 ]
 
 
-def test_environments_play_turn_by_turn_through_vllm_as_on_the_kv_cache(tmp_path, engine, toy):
+def test_environments_play_turn_by_turn_through_vllm_as_on_the_kv_cache(tmp_path, toy):
     """Multi-turn rollouts through vLLM: one generate call per turn on the token stream so far; the
     same greedy trajectories as the built-in engine's KV cache, and the trainer's logprobs."""
+    import gc
+
     from rlvr.training.trainer import Trainer
 
-    _, tokenizer, model = toy
+    path, tokenizer, model = toy
+    # vLLM's parallel state is one per process: the engines of earlier tests are shut down first
+    # (their finalisers would tear it down under a newer engine)
+    gc.collect()
+    engine = VLLMEngine.for_policy(model, tokenizer, str(path), eager=True)
     trainer = Trainer(_trainer_config(tmp_path, *CALCULATOR, "rollout.engine=builtin"), log=lambda *a: None)
     problems = list(trainer.task.train)[:8]
     greedy = SamplingParams(n=1, temperature=0.0, seed=0)
@@ -407,6 +413,7 @@ def test_environments_play_turn_by_turn_through_vllm_as_on_the_kv_cache(tmp_path
     sampled = trainer.episodes.run(engine, problems, SamplingParams(n=2, temperature=1.0, seed=5))
     served, trainer = rollout_and_trainer_logprobs(model, sampled, 1.0)  # observation tokens left out
     assert (served - trainer).abs().max() < PARITY
+    engine.close()
 
 
 def test_grpo_steps_in_an_environment_with_vllm(tmp_path):

@@ -426,12 +426,17 @@ def evaluate_target(config: EvalRunConfig, target: Target, out: Path, log: Any =
         f"{config.samples_per_problem} {unit} per problem, temperature {config.temperature}, into {out}"
     )
     records = {}
-    with torch.no_grad():
-        for s in sets:
-            if env is not None:
-                records[s.name] = evaluate_env_set(engine, runners[s.name], s, config, out, log)
-            else:
-                records[s.name] = evaluate_set(engine, tokenizer, s, config, out, log)
+    try:
+        with torch.no_grad():
+            for s in sets:
+                if env is not None:
+                    records[s.name] = evaluate_env_set(engine, runners[s.name], s, config, out, log)
+                else:
+                    records[s.name] = evaluate_set(engine, tokenizer, s, config, out, log)
+    finally:  # a vLLM engine frees its memory and its process state before the next target's starts
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
     results = results_document({**settings, "label": target.label}, sets, records, config.timeout_s)
     write_outputs(results, out)
     return results
