@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from loss_cases import F64, assert_micro_batches_add_up, run, t
 
 from rlvr.algorithms.aggregation import AGGREGATIONS
 from rlvr.algorithms.config import ALGORITHM_FIELDS, AlgorithmConfig, hyperparameters_for
@@ -10,26 +11,11 @@ from rlvr.algorithms.losses import POLICY_LOSS_TENSOR_ARGS, POLICY_LOSSES
 from rlvr.errors import ConfigError, ShapeError, UnknownNameError
 from rlvr.registry import hyperparameters
 
-F64 = torch.float64
 ALL_LOSSES = POLICY_LOSSES.names()
 
 # Two sequences padded to T = 4: one response token with A = 1, three with A = 2.
 MASK = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
 ADV = torch.tensor([[1.0, 0.0, 0.0, 0.0], [2.0, 2.0, 2.0, 0.0]], dtype=F64)
-
-
-def t(rows):
-    return torch.tensor(rows, dtype=F64)
-
-
-def run(name, logprobs, old_logprobs, advantages, mask, **kw):
-    """Loss output and d loss / d logprobs."""
-    lp = logprobs.detach().clone().requires_grad_(True)
-    out = POLICY_LOSSES.get(name)(
-        logprobs=lp, old_logprobs=old_logprobs, advantages=advantages, mask=mask, **kw
-    )
-    (grad,) = torch.autograd.grad(out.loss, lp, allow_unused=True)
-    return out, torch.zeros_like(lp) if grad is None else grad
 
 
 def run_with(name, logprobs, old_logprobs, advantages, mask, **kw):
@@ -189,14 +175,7 @@ def test_padding_values_never_change_loss_or_gradient(name, mode):
 @pytest.mark.parametrize("mode", AGGREGATIONS.names())
 @pytest.mark.parametrize("name", ["ppo_clip", "gspo", "cispo", "kimi"])
 def test_micro_batches_with_global_counts_add_up_to_the_full_batch(name, mode):
-    lp, old, adv, mask = _random_batch(2, b=6)
-    full, g_full = run(name, lp, old, adv, mask, aggregation=mode, norm_length=5)
-    kw = dict(aggregation=mode, norm_length=5, num_tokens=mask.sum().item(), num_sequences=6)
-    parts = [
-        run(name, lp[i : i + 2], old[i : i + 2], adv[i : i + 2], mask[i : i + 2], **kw) for i in (0, 2, 4)
-    ]
-    assert sum(p[0].loss.item() for p in parts) == pytest.approx(full.loss.item(), abs=1e-12)
-    assert torch.allclose(torch.cat([p[1] for p in parts]), g_full, atol=1e-12)
+    assert_micro_batches_add_up(name, _random_batch(2, b=6), mode)
 
 
 # --- gradient checks ------------------------------------------------------------------------

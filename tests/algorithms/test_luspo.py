@@ -4,7 +4,15 @@ import math
 
 import pytest
 import torch
-from loss_cases import F64, random_batch, run, t
+from loss_cases import (
+    F64,
+    assert_micro_batches_add_up,
+    assert_padding_changes_nothing,
+    assert_permuting_sequences_permutes_gradients,
+    random_batch,
+    run,
+    t,
+)
 
 from rlvr.algorithms.aggregation import AGGREGATIONS
 from rlvr.algorithms.config import AlgorithmConfig, hyperparameters_for
@@ -153,41 +161,16 @@ def test_gradcheck_with_sequence_constant_advantages(mode):
 
 @pytest.mark.parametrize("mode", AGGREGATIONS.names())
 def test_padding_values_change_nothing(mode):
-    lp, old, adv, mask = random_batch(1, spread=NEAR)
-    kw = dict(aggregation=mode, norm_length=5)
-    out, g = run("luspo", lp, old, adv, mask, **kw)
-    noisy = [x.clone() for x in (lp, old, adv)]
-    for i, x in enumerate(noisy):
-        x[~mask] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e6] * 10, dtype=F64)[
-            : int((~mask).sum())
-        ].roll(i)
-    out2, g2 = run("luspo", *noisy, mask, **kw)
-    assert out2.loss.item() == pytest.approx(out.loss.item(), abs=1e-12)
-    torch.testing.assert_close(g2, g, rtol=0, atol=1e-12)
-    assert torch.count_nonzero(g2[~mask]) == 0
-    for key, value in out.metrics.items():
-        assert out2.metrics[key].item() == pytest.approx(value.item(), abs=1e-12), key
+    assert_padding_changes_nothing("luspo", random_batch(1, spread=NEAR), aggregation=mode, norm_length=5)
 
 
 def test_permuting_sequences_permutes_gradients():
-    lp, old, adv, mask = random_batch(5, spread=NEAR)
-    perm = torch.tensor([2, 0, 3, 1])
-    out, g = run("luspo", lp, old, adv, mask)
-    out_p, g_p = run("luspo", lp[perm], old[perm], adv[perm], mask[perm])
-    assert out_p.loss.item() == pytest.approx(out.loss.item(), abs=1e-12)
-    torch.testing.assert_close(g_p, g[perm], rtol=0, atol=1e-12)
+    assert_permuting_sequences_permutes_gradients("luspo", random_batch(5, spread=NEAR))
 
 
 @pytest.mark.parametrize("mode", AGGREGATIONS.names())
 def test_micro_batches_with_global_counts_add_up_to_the_full_batch(mode):
-    lp, old, adv, mask = random_batch(2, b=6, spread=NEAR)
-    full, g_full = run("luspo", lp, old, adv, mask, aggregation=mode, norm_length=5)
-    kw = dict(aggregation=mode, norm_length=5, num_tokens=mask.sum().item(), num_sequences=6)
-    parts = [
-        run("luspo", lp[i : i + 2], old[i : i + 2], adv[i : i + 2], mask[i : i + 2], **kw) for i in (0, 2, 4)
-    ]
-    assert sum(p[0].loss.item() for p in parts) == pytest.approx(full.loss.item(), abs=1e-12)
-    torch.testing.assert_close(torch.cat([p[1] for p in parts]), g_full, rtol=0, atol=1e-12)
+    assert_micro_batches_add_up("luspo", random_batch(2, b=6, spread=NEAR), mode)
 
 
 def test_zero_advantage_sequences_contribute_nothing():

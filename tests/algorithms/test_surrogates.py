@@ -4,7 +4,13 @@ import math
 
 import pytest
 import torch
-from loss_cases import random_batch, run, t
+from loss_cases import (
+    assert_micro_batches_add_up,
+    assert_permuting_sequences_permutes_gradients,
+    random_batch,
+    run,
+    t,
+)
 
 from rlvr.algorithms.aggregation import AGGREGATIONS
 from rlvr.algorithms.config import AlgorithmConfig
@@ -175,24 +181,13 @@ def test_gmpo_gradcheck_inside_the_clip_range(mode):
 @pytest.mark.parametrize("mode", AGGREGATIONS.names())
 @pytest.mark.parametrize("name", NEW_LOSSES)
 def test_micro_batches_with_global_counts_add_up_to_the_full_batch(name, mode):
-    lp, old, adv, mask = random_batch(2, b=6, spread=1.5)
-    full, g_full = run(name, lp, old, adv, mask, aggregation=mode, norm_length=5)
-    kw = dict(aggregation=mode, norm_length=5, num_tokens=mask.sum().item(), num_sequences=6)
-    parts = [
-        run(name, lp[i : i + 2], old[i : i + 2], adv[i : i + 2], mask[i : i + 2], **kw) for i in (0, 2, 4)
-    ]
-    assert sum(p[0].loss.item() for p in parts) == pytest.approx(full.loss.item(), abs=1e-12)
-    torch.testing.assert_close(torch.cat([p[1] for p in parts]), g_full, rtol=0, atol=1e-12)
+    assert_micro_batches_add_up(name, random_batch(2, b=6, spread=1.5), mode)
 
 
 @pytest.mark.parametrize("name", NEW_LOSSES)
 def test_permuting_sequences_permutes_gradients(name):
-    lp, old, adv, mask = random_batch(5, spread=1.5)
-    perm = torch.tensor([2, 0, 3, 1])
-    out, g = run(name, lp, old, adv, mask, aggregation="seq-mean-token-mean")
-    out_p, g_p = run(name, lp[perm], old[perm], adv[perm], mask[perm], aggregation="seq-mean-token-mean")
-    assert out_p.loss.item() == pytest.approx(out.loss.item(), abs=1e-12)
-    torch.testing.assert_close(g_p, g[perm], rtol=0, atol=1e-12)
+    batch = random_batch(5, spread=1.5)
+    assert_permuting_sequences_permutes_gradients(name, batch, aggregation="seq-mean-token-mean")
 
 
 @pytest.mark.parametrize(
