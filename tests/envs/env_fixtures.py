@@ -19,6 +19,20 @@ CHAT_TEMPLATE = (
 )
 
 
+CALCULATOR_RUN = [
+    "task.name=arithmetic",
+    "task.params={num_train: 16, num_test: 2, digits: 2, ops: ['+'], seed: 1000}",
+    "env.name=calculator",
+    "env.params={max_tool_calls: 2}",
+    "env.max_turns=3",
+    "env.max_turn_tokens=8",
+    "env.max_context_tokens=160",
+    "algorithm.kl_coef=0.0",
+]
+"""Settings of a training run in env mode: the toy model with the calculator tool, turns short
+enough for a quick test."""
+
+
 def plain_tokenizer():
     return build_tokenizer()
 

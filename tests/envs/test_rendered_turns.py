@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from env_fixtures import EchoEnv, chat_tokenizer, problems, split_into_turns, tiny_model
+from env_fixtures import CALCULATOR_RUN, EchoEnv, chat_tokenizer, problems, split_into_turns, tiny_model
 
 from rlvr.config import load_config
 from rlvr.rollout.hf_engine import HFEngine
@@ -143,14 +143,7 @@ def test_budgets_hold_for_rendered_turns(trimming):
 # --- training: a trajectory split into its turns trains like the trajectory -----------------------
 
 AGENT = [
-    "task.name=arithmetic",
-    "task.params={num_train: 16, num_test: 2, digits: 2, ops: ['+'], seed: 1000}",
-    "env.name=calculator",
-    "env.params={max_tool_calls: 2}",
-    "env.max_turns=3",
-    "env.max_turn_tokens=8",
-    "env.max_context_tokens=160",
-    "algorithm.kl_coef=0.0",
+    *CALCULATOR_RUN,
     "rollout.prompts_per_step=3",
     "rollout.samples_per_prompt=4",
     "training.updates_per_step=1",

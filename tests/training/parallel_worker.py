@@ -12,6 +12,9 @@
     [torchrun ...] parallel_worker.py learn-agent GROUPS OUT STRATEGY SPLIT PRESET...
         as ``learn``, on the trajectories, in env mode (docs/agents.md); a preset may end in
         ``+turn_rewards`` (env.turn_rewards: each step's reward on its turn's last sampled token)
+    [torchrun ...] parallel_worker.py learn-agent-turns GROUPS OUT STRATEGY SPLIT PRESET...
+        as ``learn-agent``, each trajectory split into one row per turn (as for a chat template
+        that rewrites earlier turns)
     [torchrun ...] parallel_worker.py agent-step OUT STRATEGY
         one whole env-mode step; each rank saves its metrics and its own trajectories
 
@@ -35,6 +38,9 @@ from rlvr.distributed import init_from_environment, rank, shutdown, world_size
 from rlvr.rollout.types import SamplingParams
 from rlvr.training.rollouts import ScoredGroup, StepRollouts
 from rlvr.training.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "envs"))  # the environment tests' fixtures
+from env_fixtures import CALCULATOR_RUN, split_into_turns  # noqa: E402
 
 REWARDS = [[1, 0, 0, 1], [0, 0, 0, 1], [1, 1, 1, 1], [0, 1, 1, 0]]
 """Per group: mixed, one correct, all correct (a zero-variance group), mixed."""
@@ -67,16 +73,7 @@ def settings(preset: str, strategy: str, out: str, teacher: str = "toy") -> list
     ]
 
 
-AGENT = [
-    "task.name=arithmetic",
-    "task.params={num_train: 16, num_test: 2, digits: 2, ops: ['+'], seed: 1000}",
-    "env.name=calculator",
-    "env.params={max_tool_calls: 2}",
-    "env.max_turns=3",
-    "env.max_turn_tokens=8",
-    "env.max_context_tokens=160",
-    "algorithm.kl_coef=0.0",
-]
+AGENT = CALCULATOR_RUN
 """Env mode: the toy model with the calculator tool, turns short enough for a quick test."""
 
 
@@ -192,9 +189,6 @@ def learn(
     rewrites earlier turns)."""
     groups: list[ScoredGroup] = pickle.loads(Path(groups_path).read_bytes())
     if turns:
-        sys.path.insert(0, str(Path(__file__).parent.parent / "envs"))
-        from env_fixtures import split_into_turns
-
         groups = [
             dataclasses.replace(g, completions=[split_into_turns(t) for t in g.completions]) for g in groups
         ]

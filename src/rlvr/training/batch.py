@@ -86,6 +86,14 @@ class TrajectoryLayout:
         out[trajs, positions] = values[rows, cols]
         return out
 
+    def estimator_inputs(
+        self, rewards: torch.Tensor, mask: torch.Tensor, group_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """An advantage estimator's ``rewards`` ([rows] or [rows, T]), ``mask`` and ``group_ids``
+        over whole trajectories."""
+        rewards = self.gather_tokens(rewards) if rewards.dim() == 2 else self.gather_rows(rewards)
+        return rewards, self.gather_tokens(mask), self.gather_rows(group_ids)
+
     def scatter_tokens(self, values: torch.Tensor, width: int) -> torch.Tensor:
         """[trajectories, L] -> [rows, width]: the inverse of :meth:`gather_tokens` (zeros on padding)."""
         rows, cols, trajs, positions = self._index(values.device)

@@ -137,11 +137,7 @@ def monte_carlo_returns(batch: RolloutBatch, gamma: float) -> torch.Tensor:
 
     rewards, mask, group_ids, layout = batch.rewards, batch.response_mask, batch.group_ids, batch.layout
     if layout is not None:  # trajectories split into turns: the return runs over the whole trajectory
-        rewards, mask, group_ids = (
-            layout.gather_rows(rewards),
-            layout.gather_tokens(mask),
-            layout.gather_rows(group_ids),
-        )
+        rewards, mask, group_ids = layout.estimator_inputs(rewards, mask, group_ids)
     zeros = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
     returns = gae(rewards=rewards, mask=mask, group_ids=group_ids, values=zeros, gamma=gamma, lam=1.0).returns
     return returns if layout is None else layout.scatter_tokens(returns, batch.response_mask.shape[1])

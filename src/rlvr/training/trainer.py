@@ -445,8 +445,7 @@ class Trainer:
         layout = batch.layout  # trajectories split into turns: the estimator sees whole trajectories
         mask, group_ids, values = batch.response_mask, batch.group_ids, batch.extra.get("values")
         if layout is not None:
-            rewards = layout.gather_tokens(rewards) if rewards.dim() == 2 else layout.gather_rows(rewards)
-            mask, group_ids = layout.gather_tokens(mask), layout.gather_rows(group_ids)
+            rewards, mask, group_ids = layout.estimator_inputs(rewards, mask, group_ids)
             values = layout.gather_tokens(values) if values is not None else None
             components = {
                 k: layout.gather_rows(v) if k == "reward_components" else v for k, v in components.items()
