@@ -179,15 +179,20 @@ class MultiTurnRunner:
         stop strings end turns, with ``sampling.stop_strings`` besides.
         """
         total = len(problems) * sampling.n
-        out: list[Trajectory] = []
         pool = futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rlvr-env")
-        model = getattr(engine, "model", None)
-        if model is None:  # an engine with its own copy of the policy: turn by turn through generate
-            try:
+        try:
+            if getattr(engine, "model", None) is None:  # its own copy of the policy: turn by turn
                 return self._run_chunk(engine, problems, list(range(total)), sampling, None, pool)
-            finally:
-                pool.shutdown(wait=False, cancel_futures=True)
-        per_chunk = max(1, engine.max_batch_sequences)
+            return self._run_on_cache(engine, problems, total, sampling, pool)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run_on_cache(
+        self, engine: Any, problems: Sequence[Any], total: int, sampling: SamplingParams, pool: Any
+    ) -> list[Trajectory]:
+        """The trajectories in chunks of ``engine.max_batch_sequences``, on the policy module the
+        engine holds (in eval mode, without gradients, under the engine's autocast)."""
+        model, out, per_chunk = engine.model, [], max(1, engine.max_batch_sequences)
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(sampling.seed)
         was_training = model.training
@@ -204,7 +209,6 @@ class MultiTurnRunner:
                     out += self._run_chunk(engine, problems, indices, sampling, generator, pool)
         finally:
             model.train(was_training)
-            pool.shutdown(wait=False, cancel_futures=True)
         return out
 
     # --- one chunk -------------------------------------------------------------------------------
